@@ -1,0 +1,422 @@
+"""The in-process hot path: entity keys + context -> features -> ladder -> decision, timed.
+
+``Engine.predict`` answers one entity, ``Engine.predict_batch`` many (a recommender's
+candidates).  Each call is split into the four stages of the design — ingest (validate,
+resolve priority, budget and entity rows), features (fill the wide feature vector), inference
+(walk the ladder) and delivery (form the decision) — timed with the injected clock in
+integer nanoseconds.  Side-path hooks (latency histograms, audit, metrics, drift) receive the
+finished decision; they must only enqueue, and with no hook installed the cost is one
+``None`` test.  Heavier side-path work (histogram aggregation, probes of skipped models)
+runs when the owner calls ``run_side_path`` in idle time — never inside a request.
+
+Threading: an engine is owned by one thread (it reuses preallocated buffers).  Run one engine
+per worker thread or process; the store's writer must be that same thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from tailguard.clock import Clock, MonotonicClock
+from tailguard.decision import BatchDecision, Decision, Flag
+from tailguard.errors import BudgetExhausted, UnknownPriority, ValidationError
+from tailguard.features.assembler import FeatureAssembler
+from tailguard.features.store import InMemoryOnlineStore
+from tailguard.resilience.ladder import LastGood, Rung
+from tailguard.spec import PriorityClass, RungKind
+
+__all__ = ["DecisionHook", "Engine"]
+
+_FALLBACK = int(Flag.FALLBACK)
+_MISSED = int(Flag.DEADLINE_MISSED)
+_FAILED = int(Flag.MODEL_FAILED)
+_UNKNOWN = int(Flag.UNKNOWN_ENTITY)
+_STALE = int(Flag.STALE_FEATURE)
+_MODEL, _LAST_GOOD, _DEFAULT = RungKind.MODEL, RungKind.LAST_GOOD, RungKind.DEFAULT
+
+
+class DecisionHook(Protocol):
+    """A side-path consumer.  Called on the owner thread after the reply is formed: O(1) only."""
+
+    def on_decision(self, decision: Decision) -> None: ...
+
+    def on_batch(self, decision: BatchDecision) -> None: ...
+
+
+class Engine:
+    """Features -> ladder -> decision for one service, on one owner thread."""
+
+    def __init__(
+        self,
+        *,
+        store: InMemoryOnlineStore,
+        assembler: FeatureAssembler,
+        rungs: Sequence[Rung],
+        output_names: tuple[str, ...],
+        priorities: Sequence[PriorityClass],
+        default_priority: str,
+        clock: Clock | None = None,
+        hooks: Sequence[DecisionHook] = (),
+        probe_interval_s: float = 0.5,
+        max_batch: int = 1024,
+    ) -> None:
+        self.clock = clock or MonotonicClock()
+        self._now = self.clock.now_ns
+        self.store = store
+        self.assembler = assembler
+        self.rungs = tuple(rungs)
+        self.output_names = output_names
+        self._k1 = len(output_names) == 1
+        self.rung_names = tuple(r.name for r in self.rungs)
+        self._priorities = {p.name: (p.name, round(p.budget * 1e9)) for p in priorities}
+        self._default_priority = self._priorities[default_priority]
+        self._entities = assembler.entities
+        self._single = assembler.entities[0] if len(assembler.entities) == 1 else None
+        self._wide = np.zeros((max(max_batch, 1), assembler.width), dtype=np.float32)
+        self._wide1 = self._wide[:1]
+        self._wide_row = self._wide[0]
+        self._last_good = LastGood(len(output_names))
+        self._probe_interval_ns = round(probe_interval_s * 1e9)
+        self._last_observed = [0] * len(self.rungs)
+        self._probes: dict[int, np.ndarray] = {}
+        self.set_hooks(hooks)
+        # Counters: plain integers and lists, incremented on the hot path, read by statistics().
+        n = len(self.rungs)
+        self.answered = [0] * n
+        self.skipped = [0] * n
+        self.failed = [0] * n
+        self.requests = 0
+        self.rows = 0
+        self.invalid = 0
+        self.unknown_entities = 0
+        self.stale = 0
+        self.deadline_missed = 0
+
+    def set_hooks(self, hooks: Sequence[DecisionHook]) -> None:
+        """Install side-path hooks (compiled to None when there are none)."""
+        hooks = tuple(hooks)
+        self.hooks = hooks
+        if not hooks:
+            self._emit_one: Any = None
+            self._emit_batch: Any = None
+        elif len(hooks) == 1:
+            self._emit_one = hooks[0].on_decision
+            self._emit_batch = hooks[0].on_batch
+        else:
+            ones = tuple(h.on_decision for h in hooks)
+            batches = tuple(h.on_batch for h in hooks)
+
+            def emit_one(d: Decision) -> None:
+                for f in ones:
+                    f(d)
+
+            def emit_batch(d: BatchDecision) -> None:
+                for f in batches:
+                    f(d)
+
+            self._emit_one, self._emit_batch = emit_one, emit_batch
+
+    # -- ingest helpers ------------------------------------------------------------------
+    def _budget(self, priority: str | None, budget_s: float | None) -> tuple[str, int]:
+        if priority is None:
+            name, budget_ns = self._default_priority
+        else:
+            pc = self._priorities.get(priority)
+            if pc is None:
+                raise UnknownPriority(
+                    f"unknown priority class {priority!r}; declared: {sorted(self._priorities)}",
+                    field="priority",
+                )
+            name, budget_ns = pc
+        if budget_s is not None:
+            if not (budget_s > 0.0 and math.isfinite(budget_s)):
+                raise ValidationError("budget must be a positive number of seconds", field="budget")
+            # A request may shorten its class budget, never lengthen it.
+            requested = int(budget_s * 1e9)
+            if requested < budget_ns:
+                budget_ns = requested
+        return name, budget_ns
+
+    def _rows_one(self, keys: Any) -> tuple[int, ...]:
+        store = self.store
+        if self._single is not None and not isinstance(keys, Mapping):
+            return (store.row(self._single, keys),)
+        if not isinstance(keys, Mapping):
+            raise ValidationError(
+                f"this service needs one key per entity {list(self._entities)}", field="keys"
+            )
+        try:
+            return tuple(store.row(e, keys[e]) for e in self._entities)
+        except KeyError as exc:
+            raise ValidationError(f"missing key for entity {exc.args[0]!r}", field="keys") from None
+
+    def _rows_many(self, keys: Any) -> tuple[np.ndarray, int]:
+        store = self.store
+        if self._single is not None and not isinstance(keys, Mapping):
+            if isinstance(keys, str | bytes) or not isinstance(keys, Sequence | np.ndarray):
+                raise ValidationError("keys must be a sequence of entity keys", field="keys")
+            r = store.rows(self._single, keys if isinstance(keys, Sequence) else keys.tolist())
+            return r.reshape(-1, 1), len(r)
+        if not isinstance(keys, Mapping):
+            raise ValidationError(f"keys must map each entity {list(self._entities)}", field="keys")
+        n = None
+        for e in self._entities:
+            k = keys.get(e)
+            if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
+                if n is not None and len(k) != n:
+                    raise ValidationError("key sequences differ in length", field=f"keys.{e}")
+                n = len(k)
+        if n is None:
+            n = 1
+        cols = []
+        for e in self._entities:
+            if e not in keys:
+                raise ValidationError(f"missing key for entity {e!r}", field=f"keys.{e}")
+            k = keys[e]
+            if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
+                cols.append(store.rows(e, k if isinstance(k, Sequence) else k.tolist()))
+            else:
+                cols.append(np.full(n, store.row(e, k), dtype=np.int64))  # broadcast
+        return np.stack(cols, axis=1), n
+
+    # -- one entity ------------------------------------------------------------------------
+    def predict(
+        self,
+        keys: Any,
+        context: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        budget_s: float | None = None,
+    ) -> Decision:
+        """Decide for one entity.  ``keys`` is the entity key (or {entity: key} when the
+        service has several entities); ``budget_s`` may shorten the class budget."""
+        now = self._now
+        t0 = now()
+        k1 = self._k1
+        isfinite = math.isfinite
+        try:
+            pname, budget_ns = self._budget(priority, budget_s)
+            rows = self._rows_one(keys)
+            t1 = now()
+            flags = self.assembler.fill_one(rows, context, self._wide_row, t1)
+        except ValidationError:
+            self.invalid += 1
+            raise
+        t2 = now()
+        deadline = t0 + budget_ns
+        out: np.ndarray | None = None
+        version = ""
+        rung = self.rungs[0]
+        for rung in self.rungs:
+            kind = rung.kind
+            if kind is _MODEL:
+                m = rung.model
+                assert m is not None
+                st = m.service_time
+                if now() + st.expected_ns(1) > deadline:
+                    self.skipped[rung.index] += 1
+                    self._maybe_probe(rung, 1)
+                    continue
+                x = self._wide1 if rung.cols is None else rung.gather(self._wide1, 1)
+                ts = now()
+                try:
+                    y = m.runtime.run(x)
+                except Exception:
+                    self.failed[rung.index] += 1
+                    flags |= _FAILED
+                    continue
+                te = now()
+                st.observe(1, te - ts)
+                self._last_observed[rung.index] = te
+                if not isfinite(y[0, 0] if k1 else y.sum()):
+                    self.failed[rung.index] += 1
+                    flags |= _FAILED
+                    continue
+                out = y[0].copy()
+                version = m.label
+                self._last_good.put(rows[0], out, te)
+                break
+            if kind is _LAST_GOOD:
+                out = self._last_good.get(rows[0], now(), rung.max_age_ns)
+                if out is None:
+                    continue
+                break
+            out = rung.default
+            break
+        t3 = now()
+        if out is None:
+            raise BudgetExhausted("no ladder rung could answer in time and no default is declared")
+        if rung.index:
+            flags |= _FALLBACK
+        if t3 > deadline:
+            flags |= _MISSED
+            self.deadline_missed += 1
+        if flags & _UNKNOWN:
+            self.unknown_entities += 1
+        if flags & _STALE:
+            self.stale += 1
+        self.answered[rung.index] += 1
+        self.requests += 1
+        d = Decision(keys, out, self.output_names, version, rung.name, rung.index, flags, pname,
+                     (0, 0, 0, 0, 0))
+        t4 = now()
+        d.timings_ns = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+        if self._emit_one is not None:
+            self._emit_one(d)
+        return d
+
+    # -- many entities ---------------------------------------------------------------------
+    def predict_batch(
+        self,
+        keys: Any,
+        context: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        budget_s: float | None = None,
+    ) -> BatchDecision:
+        """Decide for N entities at once.  ``keys`` is a sequence of entity keys (or a
+        mapping entity -> sequence or scalar, scalars broadcast); context values are
+        scalars (shared) or arrays of shape (N,)."""
+        now = self._now
+        t0 = now()
+        try:
+            pname, budget_ns = self._budget(priority, budget_s)
+            rows, n = self._rows_many(keys)
+            if n == 0:
+                raise ValidationError("empty batch", field="keys")
+            if n > self._wide.shape[0]:
+                self._wide = np.zeros((n, self._wide.shape[1]), dtype=np.float32)
+                self._wide1 = self._wide[:1]
+                self._wide_row = self._wide[0]
+            t1 = now()
+            flags = self.assembler.fill_many(rows, context, self._wide, t1)
+        except ValidationError:
+            self.invalid += 1
+            raise
+        t2 = now()
+        deadline = t0 + budget_ns
+        k = len(self.output_names)
+        out = np.empty((n, k), dtype=np.float64)
+        rung_of = np.full(n, -1, dtype=np.int8)
+        pending = np.ones(n, dtype=bool)
+        primary_rows = rows[:, 0]
+        version = ""
+        for rung in self.rungs:
+            if rung.kind is _MODEL:
+                m = rung.model
+                assert m is not None
+                if now() + m.service_time.expected_ns(n) > deadline:
+                    self.skipped[rung.index] += 1
+                    self._maybe_probe(rung, n)
+                    continue
+                x = rung.gather(self._wide, n)
+                ts = now()
+                try:
+                    y = m.runtime.run(x)
+                except Exception:
+                    self.failed[rung.index] += 1
+                    flags |= _FAILED
+                    continue
+                te = now()
+                m.service_time.observe(n, te - ts)
+                self._last_observed[rung.index] = te
+                good = np.isfinite(y).all(axis=1)
+                take = pending & good
+                if not good.all():
+                    self.failed[rung.index] += 1
+                    flags[pending & ~good] |= _FAILED
+                if take.any():
+                    out[take] = y[take]
+                    rung_of[take] = rung.index
+                    pending &= ~take
+                    version = version or m.label
+                    self._last_good.put_many(primary_rows[take], y[take], te)
+            elif rung.kind is _LAST_GOOD:
+                ok = pending & self._last_good.available(primary_rows, now(), rung.max_age_ns)
+                if ok.any():
+                    out[ok] = self._last_good.outputs[primary_rows[ok]]
+                    rung_of[ok] = rung.index
+                    pending &= ~ok
+            else:
+                out[pending] = rung.default
+                rung_of[pending] = rung.index
+                pending[:] = False
+            if not pending.any():
+                break
+        t3 = now()
+        if pending.any():
+            raise BudgetExhausted("no ladder rung could answer in time and no default is declared")
+        flags[rung_of > 0] |= _FALLBACK
+        if t3 > deadline:
+            flags |= _MISSED
+            self.deadline_missed += 1
+        counts = np.bincount(rung_of, minlength=len(self.rungs))
+        for i, c in enumerate(counts.tolist()):
+            self.answered[i] += c
+        self.unknown_entities += int(np.count_nonzero(flags & _UNKNOWN))
+        self.stale += int(np.count_nonzero(flags & _STALE))
+        self.requests += 1
+        self.rows += n
+        d = BatchDecision(keys, out, self.output_names, version, self.rung_names, rung_of, flags,
+                          pname, (0, 0, 0, 0, 0))
+        t4 = now()
+        d.timings_ns = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+        if self._emit_batch is not None:
+            self._emit_batch(d)
+        return d
+
+    # -- side path ---------------------------------------------------------------------------
+    def _maybe_probe(self, rung: Rung, n: int) -> None:
+        # A skipped model gets no new observations, so its estimate could never recover:
+        # queue a probe (a copy of this input) to be timed off the reply path.
+        if rung.index in self._probes:
+            return
+        if self._now() - self._last_observed[rung.index] < self._probe_interval_ns:
+            return
+        self._probes[rung.index] = rung.gather(self._wide, n).copy()
+
+    def run_side_path(self) -> int:
+        """Run queued side-path work (model probes) now; call from the owner thread when
+        idle.  Returns the number of probes run."""
+        done = 0
+        while self._probes:
+            index, x = self._probes.popitem()
+            m = self.rungs[index].model
+            assert m is not None
+            ts = self._now()
+            try:
+                m.runtime.run(x)
+            except Exception:
+                self.failed[index] += 1
+                continue
+            te = self._now()
+            m.service_time.observe(x.shape[0], te - ts)
+            self._last_observed[index] = te
+            done += 1
+        return done
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: requests, rows, invalid, per-rung answered/skipped/failed, flags."""
+        return {
+            "requests": self.requests,
+            "batch_rows": self.rows,
+            "invalid": self.invalid,
+            "unknown_entities": self.unknown_entities,
+            "stale": self.stale,
+            "deadline_missed": self.deadline_missed,
+            "rungs": {
+                r.name: {
+                    "answered": self.answered[r.index],
+                    "skipped_budget": self.skipped[r.index],
+                    "failed": self.failed[r.index],
+                    "expected_us_batch1": (
+                        round(r.model.service_time.expected_ns(1) / 1e3, 2) if r.model else None
+                    ),
+                }
+                for r in self.rungs
+            },
+        }

@@ -1,0 +1,199 @@
+"""Assemble the feature vector of a decision: stored rows, TTL checks, request transforms.
+
+At service load the assembler lays out one *wide* float32 vector: the fields of every view
+the ladder's models use, view after view.  A decision fills it once (one row copy per stored
+view, one transform call per request view); each model rung then reads its own columns.
+Nothing here allocates per request at batch 1 apart from the transform's float results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tailguard.decision import Flag
+from tailguard.errors import ValidationError
+from tailguard.features.store import NEVER, InMemoryOnlineStore
+from tailguard.features.view import FeatureView
+
+__all__ = ["FeatureAssembler"]
+
+_STALE = int(Flag.STALE_FEATURE)
+_UNKNOWN = int(Flag.UNKNOWN_ENTITY)
+_NUMBER = (int, float)
+
+
+class _Stored:
+    __slots__ = ("default", "entity_pos", "hi", "lo", "name", "ttl_ns")
+
+    def __init__(self, view: FeatureView, entity_pos: int, lo: int) -> None:
+        self.name = view.name
+        self.entity_pos = entity_pos
+        self.lo = lo
+        self.hi = lo + len(view.spec.fields)
+        self.ttl_ns = view.ttl_ns
+        self.default = view.default_f32
+
+
+class _Request:
+    __slots__ = ("fn", "hi", "inputs", "lo", "name")
+
+    def __init__(self, view: FeatureView, lo: int) -> None:
+        self.name = view.name
+        self.lo = lo
+        self.hi = lo + len(view.spec.fields)
+        self.inputs = view.spec.inputs
+        self.fn = view.transform
+
+
+class FeatureAssembler:
+    """Fills the wide feature vector for one or many entities (owned by the engine's thread)."""
+
+    def __init__(
+        self, views: Mapping[str, FeatureView], used: Sequence[str], store: InMemoryOnlineStore
+    ) -> None:
+        self._store = store
+        entities: list[str] = []
+        stored: list[_Stored] = []
+        request: list[_Request] = []
+        columns: list[str] = []
+        for name in used:
+            v = views[name]
+            lo = len(columns)
+            columns.extend(v.qualified())
+            if v.is_request:
+                request.append(_Request(v, lo))
+                continue
+            assert v.spec.entity is not None
+            if v.spec.entity not in entities:
+                entities.append(v.spec.entity)
+            stored.append(_Stored(v, entities.index(v.spec.entity), lo))
+        self.columns: tuple[str, ...] = tuple(columns)
+        self.entities: tuple[str, ...] = tuple(entities)
+        self.context_fields: tuple[str, ...] = tuple(
+            dict.fromkeys(f for r in request for f in r.inputs)
+        )
+        self._stored = tuple(stored)
+        self._request = tuple(request)
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def column_index(self, names: Sequence[str]) -> np.ndarray:
+        """Positions of qualified column names (``view.field``) in the wide vector."""
+        pos = {c: i for i, c in enumerate(self.columns)}
+        missing = [n for n in names if n not in pos]
+        if missing:
+            raise KeyError(f"columns not served by this service: {missing}")
+        return np.array([pos[n] for n in names], dtype=np.intp)
+
+    # -- one entity ----------------------------------------------------------------------
+    def fill_one(
+        self, rows: Sequence[int], ctx: Mapping[str, Any] | None, out: np.ndarray, now_ns: int
+    ) -> int:
+        """Fill ``out`` (the wide vector, 1-D float32) for one entity; returns flag bits."""
+        flags = 0
+        store = self._store
+        for s in self._stored:
+            row = rows[s.entity_pos]
+            if row == 0:
+                out[s.lo : s.hi] = s.default
+                flags |= _UNKNOWN
+                continue
+            t = store.table(s.name)
+            written = int(t.written_ns[row])
+            if written == NEVER or (s.ttl_ns is not None and written < now_ns - s.ttl_ns):
+                out[s.lo : s.hi] = s.default
+                flags |= _STALE
+            else:
+                out[s.lo : s.hi] = t.f32[row]
+        if self._request:
+            if ctx is None:
+                raise ValidationError(
+                    f"this service needs request context {list(self.context_fields)}",
+                    field="context",
+                )
+            for r in self._request:
+                args = [_scalar(ctx, f) for f in r.inputs]
+                vals = r.fn(*args) if r.fn is not None else args  # type: ignore[operator]
+                out[r.lo : r.hi] = vals
+        return flags
+
+    # -- many entities ---------------------------------------------------------------------
+    def fill_many(
+        self,
+        rows: np.ndarray,
+        ctx: Mapping[str, Any] | None,
+        out: np.ndarray,
+        now_ns: int,
+    ) -> np.ndarray:
+        """Fill ``out[:n]`` for ``rows`` of shape (n, n_entities); returns per-row flags."""
+        n = rows.shape[0]
+        flags = np.zeros(n, dtype=np.uint8)
+        store = self._store
+        for s in self._stored:
+            r = rows[:, s.entity_pos]
+            t = store.table(s.name)
+            written = t.written_ns[r]
+            fresh = written != NEVER
+            if s.ttl_ns is not None:
+                fresh &= written >= now_ns - s.ttl_ns
+            unknown = r == 0
+            out[:n, s.lo : s.hi] = t.f32[r]
+            bad = ~fresh
+            if bad.any():
+                out[:n, s.lo : s.hi][bad] = s.default
+                flags[bad & ~unknown] |= _STALE
+                flags[unknown] |= _UNKNOWN
+        if self._request:
+            if ctx is None:
+                raise ValidationError(
+                    f"this service needs request context {list(self.context_fields)}",
+                    field="context",
+                )
+            for q in self._request:
+                args = [_column(ctx, f, n) for f in q.inputs]
+                vals = q.fn(*args) if q.fn is not None else args  # type: ignore[operator]
+                for j, v in enumerate(vals):
+                    out[:n, q.lo + j] = v
+        return flags
+
+
+def _scalar(ctx: Mapping[str, Any], name: str) -> float:
+    try:
+        v = ctx[name]
+    except KeyError:
+        raise ValidationError(f"missing context field {name!r}", field=f"context.{name}") from None
+    except TypeError:
+        raise ValidationError("context must be a mapping of field to number", field="context") from None
+    if type(v) is float or (isinstance(v, _NUMBER | np.number) and not isinstance(v, bool)):
+        return v  # type: ignore[return-value]
+    raise ValidationError(
+        f"context field {name!r} must be a number, got {type(v).__name__}", field=f"context.{name}"
+    )
+
+
+def _column(ctx: Mapping[str, Any], name: str, n: int) -> np.ndarray | float:
+    try:
+        v = ctx[name]
+    except KeyError:
+        raise ValidationError(f"missing context field {name!r}", field=f"context.{name}") from None
+    except TypeError:
+        raise ValidationError("context must be a mapping of field to number", field="context") from None
+    if isinstance(v, _NUMBER) and not isinstance(v, bool):
+        return float(v)
+    try:
+        arr = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            f"context field {name!r} must be numbers", field=f"context.{name}"
+        ) from None
+    if arr.shape not in ((), (n,)):
+        raise ValidationError(
+            f"context field {name!r} must be a scalar or have shape ({n},), got {arr.shape}",
+            field=f"context.{name}",
+        )
+    return arr

@@ -1,0 +1,296 @@
+"""The service spec: frozen msgspec structs loaded from ``service.toml``.
+
+A service directory holds ``service.toml`` (this spec), the Python modules its transforms
+reference, and the model repository.  ``load_spec`` parses the TOML, converts it into the
+frozen structs below (unknown fields and bad values rejected with the field path, e.g.
+``$.feature_views[1].fields[0].dtype``), then checks cross references (a view's entity, a
+rung's model, unique names).  The format is documented in ``docs/service-spec.md``.
+
+Durations are written as strings with a unit (``"250us"``, ``"2ms"``, ``"1.5s"``) or as a
+number of seconds, and held as float seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from tailguard.errors import SpecError
+
+__all__ = [
+    "DTYPES",
+    "Budgets",
+    "Duration",
+    "EntitySpec",
+    "FeatureViewSpec",
+    "FieldSpec",
+    "ModelSpec",
+    "PriorityClass",
+    "RungKind",
+    "RungSpec",
+    "ServiceSpec",
+    "ViewSource",
+    "load_spec",
+    "parse_spec",
+]
+
+#: Feature dtypes a view may declare (numpy names).
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+DType = Literal["float32", "float64", "int32", "int64", "bool"]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
+
+
+class Duration(float):
+    """A duration in float seconds, parsed from ``"250us"``/``"2ms"``/``"1.5s"`` or a number."""
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool):
+            raise TypeError("expected a duration such as '250us', '2ms' or '1.5s'")
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str):
+            m = _DURATION.match(value)
+            if m is None:
+                raise ValueError(f"bad duration {value!r}: use a number and a unit (ns, us, ms, s)")
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            raise TypeError("expected a duration such as '250us', '2ms' or '1.5s'")
+        if seconds < 0:
+            raise ValueError("a duration cannot be negative")
+        return cls(seconds)
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Duration:
+        return Duration.parse(obj)
+    raise NotImplementedError(f"unsupported type {tp!r}")
+
+
+class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ViewSource(enum.Enum):
+    """Where a view's values come from."""
+
+    STREAM = "stream"  # updated per event by an incremental transform (or written directly)
+    BATCH = "batch"  # written in bulk (materialized from history)
+    REQUEST = "request"  # computed on demand from the request context at decision time
+
+
+class RungKind(enum.Enum):
+    """What answers at a ladder rung."""
+
+    MODEL = "model"
+    LAST_GOOD = "last_good"
+    DEFAULT = "default"
+
+
+class EntitySpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The thing features are about (instrument, player, user, item)."""
+
+    name: Name
+    key_dtype: Literal["str", "int64"] = "str"
+    description: str = ""
+
+
+class FieldSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One feature: name, numpy dtype and the default served for an unknown or stale entity."""
+
+    name: Name
+    dtype: DType = "float32"
+    default: float = 0.0
+    description: str = ""
+
+
+class FeatureViewSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A named, versioned group of features about one entity."""
+
+    name: Name
+    entity: Name | None = None
+    fields: tuple[FieldSpec, ...]
+    source: ViewSource = ViewSource.STREAM
+    #: Values older than this are served as defaults and flagged stale (None: never stale).
+    ttl: Duration | None = None
+    #: ``"module:attr"`` in the service directory: an incremental transform for stream views,
+    #: a vectorised function for request views.
+    transform: str | None = None
+    #: Request views: the context fields the transform reads.
+    inputs: tuple[Name, ...] = ()
+    description: str = ""
+
+
+class ModelSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A model: where its versions live and which one serves."""
+
+    name: Name
+    repository: str
+    version_policy: Literal["latest", "pinned"] = "latest"
+    version: str | None = None
+    #: ``auto`` prefers a compiled-tree artifact when the version has one, else ONNX.
+    runtime: Literal["auto", "onnx", "trees"] = "auto"
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: Inferences run at load so that the first request meets a warm model.
+    warmup: Annotated[int, msgspec.Meta(ge=0)] = 64
+
+
+class PriorityClass(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A priority class; level 1 is the highest.  A request may shorten, not lengthen, its budget."""
+
+    name: Name
+    level: Annotated[int, msgspec.Meta(ge=1, le=16)]
+    budget: Duration
+
+
+class Budgets(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-stage latency budgets (targets that histograms are judged against)."""
+
+    ingest: Duration = Duration(50e-6)
+    features: Duration = Duration(200e-6)
+    inference: Duration = Duration(1e-3)
+    delivery: Duration = Duration(50e-6)
+    total: Duration = Duration(2e-3)
+
+
+class RungSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One rung of the fallback ladder, tried in order."""
+
+    name: Name
+    kind: RungKind
+    model: Name | None = None
+    #: last_good rungs: an answer older than this is not served (None: any age).
+    max_age: Duration | None = None
+    #: default rungs: the declared outputs, by output name.
+    outputs: dict[str, float] | None = None
+
+
+class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A whole service: entities, feature views, models, priorities, budgets and the ladder."""
+
+    name: Name
+    description: str = ""
+    entities: tuple[EntitySpec, ...] = ()
+    feature_views: tuple[FeatureViewSpec, ...] = ()
+    models: tuple[ModelSpec, ...]
+    priorities: tuple[PriorityClass, ...] = (
+        PriorityClass(name="critical", level=1, budget=Duration(1e-3)),
+        PriorityClass(name="normal", level=2, budget=Duration(5e-3)),
+        PriorityClass(name="bulk", level=3, budget=Duration(50e-3)),
+    )
+    default_priority: Name = "normal"
+    budgets: Budgets = Budgets()
+    ladder: tuple[RungSpec, ...]
+
+    def view(self, name: str) -> FeatureViewSpec:
+        for v in self.feature_views:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def priority(self, name: str) -> PriorityClass:
+        for p in self.priorities:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def parse_spec(data: dict[str, Any], *, source: str = "") -> ServiceSpec:
+    """Convert parsed TOML into a checked ``ServiceSpec``; raises ``SpecError`` naming the path."""
+    try:
+        spec = msgspec.convert(data, ServiceSpec, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        path = msg.rsplit(" - at ", 1)[1].strip("`") if " - at " in msg else "$"
+        raise SpecError(msg, path=path, source=source) from exc
+    _check_references(spec, source)
+    return spec
+
+
+def load_spec(path: str | Path) -> ServiceSpec:
+    """Load ``service.toml`` (or a service directory containing it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "service.toml"
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise SpecError(f"no service spec at {p}", source=str(p)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"invalid TOML: {exc}", source=str(p)) from exc
+    return parse_spec(data, source=str(p))
+
+
+def _fail(msg: str, path: str, source: str) -> SpecError:
+    return SpecError(f"{msg} - at `{path}`", path=path, source=source)
+
+
+def _unique(names: list[str], path: str, source: str) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise _fail(f"duplicate name {n!r}", f"{path}[{i}].name", source)
+        seen.add(n)
+
+
+def _check_references(spec: ServiceSpec, source: str) -> None:
+    _unique([e.name for e in spec.entities], "$.entities", source)
+    _unique([v.name for v in spec.feature_views], "$.feature_views", source)
+    _unique([m.name for m in spec.models], "$.models", source)
+    _unique([p.name for p in spec.priorities], "$.priorities", source)
+    _unique([r.name for r in spec.ladder], "$.ladder", source)
+    entities = {e.name for e in spec.entities}
+    for i, v in enumerate(spec.feature_views):
+        at = f"$.feature_views[{i}]"
+        if v.source is not ViewSource.REQUEST:
+            if v.entity is None:
+                raise _fail("a stored view needs an entity", f"{at}.entity", source)
+            if v.entity not in entities:
+                raise _fail(f"unknown entity {v.entity!r}", f"{at}.entity", source)
+        if not v.fields:
+            raise _fail("a view needs at least one field", f"{at}.fields", source)
+        _unique([f.name for f in v.fields], f"{at}.fields", source)
+        if v.source is ViewSource.REQUEST and v.transform is None and not v.inputs:
+            raise _fail("a request view needs a transform or inputs", f"{at}.transform", source)
+        if v.transform is not None and ":" not in v.transform:
+            raise _fail("a transform is written 'module:attribute'", f"{at}.transform", source)
+    for i, m in enumerate(spec.models):
+        if m.version_policy == "pinned" and not m.version:
+            raise _fail("version_policy 'pinned' needs a version", f"$.models[{i}].version", source)
+    levels = [p.level for p in spec.priorities]
+    if len(set(levels)) != len(levels):
+        raise _fail("priority levels must be distinct", "$.priorities", source)
+    if spec.default_priority not in {p.name for p in spec.priorities}:
+        raise _fail(f"unknown priority {spec.default_priority!r}", "$.default_priority", source)
+    if not spec.ladder:
+        raise _fail("the ladder needs at least one rung", "$.ladder", source)
+    models = {m.name for m in spec.models}
+    for i, r in enumerate(spec.ladder):
+        at = f"$.ladder[{i}]"
+        if r.kind is RungKind.MODEL:
+            if r.model is None or r.model not in models:
+                raise _fail(f"unknown model {r.model!r}", f"{at}.model", source)
+        elif r.model is not None:
+            raise _fail("only a model rung names a model", f"{at}.model", source)
+        if r.kind is RungKind.DEFAULT:
+            if not r.outputs:
+                raise _fail("a default rung declares its outputs", f"{at}.outputs", source)
+            if i != len(spec.ladder) - 1:
+                raise _fail("the default rung must be the last", f"{at}.kind", source)
+    if spec.ladder[0].kind is not RungKind.MODEL:
+        raise _fail("the first rung must be a model", "$.ladder[0].kind", source)
