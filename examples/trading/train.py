@@ -33,6 +33,7 @@ from tailguard.features.store import InMemoryOnlineStore  # noqa: E402
 from tailguard.features.stream import StreamProcessor  # noqa: E402
 from tailguard.features.view import compile_views  # noqa: E402
 from tailguard.models.repository import list_versions  # noqa: E402
+from tailguard.observe.quality import auc  # noqa: E402
 from tailguard.spec import load_spec  # noqa: E402
 
 PRIMARY_INPUTS = (
@@ -43,23 +44,6 @@ PRIMARY_INPUTS = (
 FAST_INPUTS = ("ticks.ret_5s", "ticks.imbalance_ewm", "ticks.flow_ewm", "quote.imbalance")
 TRAIN_SECONDS = 900.0
 SEED = 1
-
-
-def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties averaged)."""
-    y = np.asarray(y).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    s = np.asarray(score)[order]
-    ranks = np.empty(len(s))
-    # average ranks of tied scores
-    _, first, counts = np.unique(s, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def build_matrix(service_dir: Path, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:

@@ -143,6 +143,8 @@ class Engine:
 
     def _rows_one(self, keys: Any) -> tuple[int, ...]:
         store = self.store
+        if not self._entities:
+            return (0,)  # request-only service: no stored features, no last good answer
         if self._single is not None and not isinstance(keys, Mapping):
             return (store.row(self._single, keys),)
         if not isinstance(keys, Mapping):
@@ -156,6 +158,10 @@ class Engine:
 
     def _rows_many(self, keys: Any) -> tuple[np.ndarray, int]:
         store = self.store
+        if not self._entities:
+            if not isinstance(keys, Sequence | np.ndarray) or isinstance(keys, str | bytes):
+                raise ValidationError("keys must be a sequence (one per row)", field="keys")
+            return np.zeros((len(keys), 1), dtype=np.int64), len(keys)
         if self._single is not None and not isinstance(keys, Mapping):
             if isinstance(keys, str | bytes) or not isinstance(keys, Sequence | np.ndarray):
                 raise ValidationError("keys must be a sequence of entity keys", field="keys")
@@ -252,9 +258,6 @@ class Engine:
             raise BudgetExhausted("no ladder rung could answer in time and no default is declared")
         if rung.index:
             flags |= _FALLBACK
-        if t3 > deadline:
-            flags |= _MISSED
-            self.deadline_missed += 1
         if flags & _UNKNOWN:
             self.unknown_entities += 1
         if flags & _STALE:
@@ -265,6 +268,9 @@ class Engine:
                      (0, 0, 0, 0, 0))
         t4 = now()
         d.timings_ns = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+        if t4 > deadline:
+            d.flags = flags | _MISSED
+            self.deadline_missed += 1
         if self._emit_one is not None:
             self._emit_one(d)
         return d
@@ -351,9 +357,6 @@ class Engine:
         if pending.any():
             raise BudgetExhausted("no ladder rung could answer in time and no default is declared")
         flags[rung_of > 0] |= _FALLBACK
-        if t3 > deadline:
-            flags |= _MISSED
-            self.deadline_missed += 1
         counts = np.bincount(rung_of, minlength=len(self.rungs))
         for i, c in enumerate(counts.tolist()):
             self.answered[i] += c
@@ -365,6 +368,9 @@ class Engine:
                           pname, (0, 0, 0, 0, 0))
         t4 = now()
         d.timings_ns = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+        if t4 > deadline:
+            flags |= _MISSED
+            self.deadline_missed += 1
         if self._emit_batch is not None:
             self._emit_batch(d)
         return d
@@ -379,22 +385,46 @@ class Engine:
             return
         self._probes[rung.index] = rung.gather(self._wide, n).copy()
 
-    def run_side_path(self) -> int:
-        """Run queued side-path work (model probes) now; call from the owner thread when
-        idle.  Returns the number of probes run."""
+    def run_side_path(self, budget_ns: int | None = None) -> int:
+        """Run queued side-path work (model probes) on the owner thread, in idle time.
+
+        ``budget_ns`` bounds the time spent (None: no bound): a probe runs only if the
+        model's mean time fits in what is left, so side-path work does not delay the next
+        request beyond what the caller allowed (by at most one run's deviation from its mean).
+        A skipped model slower than every idle gap stays skipped until the owner grants a
+        larger budget.  Returns the probes run.
+
+        A probe times one run of a skipped model on a recent input.  If it shows the model
+        well under its expected time (by the spike factor), the estimate is re-seeded from
+        the probe: recovery takes one probe instead of a slow decay.  Otherwise the sample is
+        folded in and the model is probed again after the probe interval.
+        """
+        if not self._probes:
+            return 0
+        now = self._now
+        end = None if budget_ns is None else now() + budget_ns
         done = 0
-        while self._probes:
-            index, x = self._probes.popitem()
+        for index in list(self._probes):
             m = self.rungs[index].model
             assert m is not None
-            ts = self._now()
+            x = self._probes[index]
+            n = x.shape[0]
+            st = m.service_time
+            expected = st.expected_ns(n)
+            if end is not None and now() + st.mean_ns(n) > end:
+                continue
+            del self._probes[index]
+            ts = now()
             try:
                 m.runtime.run(x)
             except Exception:
                 self.failed[index] += 1
                 continue
-            te = self._now()
-            m.service_time.observe(x.shape[0], te - ts)
+            te = now()
+            if (te - ts) * st.spike_factor < expected:
+                st.reseed(n, te - ts)
+            else:
+                st.observe(n, te - ts)
             self._last_observed[index] = te
             done += 1
         return done

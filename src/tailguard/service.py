@@ -13,6 +13,7 @@ Everything that can fail does so here, with a clear error — never at the first
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,19 @@ class Service:
         """Live version of every feature view."""
         return {n: v.version for n, v in self.views.items()}
 
-    def run_side_path(self, max_items: int | None = None) -> int:
-        """Do queued side-path work (histogram aggregation, model probes); owner thread, idle
-        time.  Returns the number of items processed."""
-        n = self.engine.run_side_path()
+    def run_side_path(self, budget_s: float | None = None) -> int:
+        """Do queued side-path work (model probes, histogram aggregation) on the owner
+        thread in idle time, for at most ``budget_s`` (None: everything queued).  Returns
+        the number of items processed (0: nothing was pending)."""
+        if budget_s is None:
+            n = self.engine.run_side_path()
+            return n + (self.latency.drain() if self.latency is not None else 0)
+        end = time.perf_counter_ns() + int(budget_s * 1e9)
+        n = self.engine.run_side_path(end - time.perf_counter_ns())
         if self.latency is not None:
-            n += self.latency.drain(max_items)
+            left = end - time.perf_counter_ns()
+            if left > 0:
+                n += self.latency.drain(left)
         return n
 
     def latency_snapshot(self) -> dict[str, Any]:

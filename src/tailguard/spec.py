@@ -13,6 +13,7 @@ number of seconds, and held as float seconds.
 from __future__ import annotations
 
 import enum
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -45,7 +46,7 @@ DType = Literal["float32", "float64", "int32", "int64", "bool"]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
+_DURATION = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)\s*$")
 
 
 class Duration(float):
@@ -60,10 +61,12 @@ class Duration(float):
         elif isinstance(value, str):
             m = _DURATION.match(value)
             if m is None:
-                raise ValueError(f"bad duration {value!r}: use a number and a unit (ns, us, ms, s)")
+                raise ValueError(f"bad duration {value!r}: use a number and a unit (ns, us, ms, s, m, h)")
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
         else:
             raise TypeError("expected a duration such as '250us', '2ms' or '1.5s'")
+        if not math.isfinite(seconds):
+            raise ValueError("a duration must be finite")
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
         return cls(seconds)

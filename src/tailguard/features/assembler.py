@@ -119,6 +119,8 @@ class FeatureAssembler:
             for r in self._request:
                 args = [_scalar(ctx, f) for f in r.inputs]
                 vals = r.fn(*args) if r.fn is not None else args  # type: ignore[operator]
+                if type(vals) is not tuple and type(vals) is not list:
+                    vals = (vals,)  # a one-field view may return its value bare
                 out[r.lo : r.hi] = vals
         return flags
 
@@ -157,6 +159,8 @@ class FeatureAssembler:
             for q in self._request:
                 args = [_column(ctx, f, n) for f in q.inputs]
                 vals = q.fn(*args) if q.fn is not None else args  # type: ignore[operator]
+                if not isinstance(vals, tuple | list):
+                    vals = (vals,)  # a one-field view may return its value bare
                 for j, v in enumerate(vals):
                     out[:n, q.lo + j] = v
         return flags
@@ -169,7 +173,7 @@ def _scalar(ctx: Mapping[str, Any], name: str) -> float:
         raise ValidationError(f"missing context field {name!r}", field=f"context.{name}") from None
     except TypeError:
         raise ValidationError("context must be a mapping of field to number", field="context") from None
-    if type(v) is float or (isinstance(v, _NUMBER | np.number) and not isinstance(v, bool)):
+    if type(v) is float or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)):
         return v  # type: ignore[return-value]
     raise ValidationError(
         f"context field {name!r} must be a number, got {type(v).__name__}", field=f"context.{name}"

@@ -1,7 +1,7 @@
 """Feature views compiled from the spec: numpy dtypes, default rows, transforms and versions.
 
-A view's **version** is the SHA-256 (first 16 hex digits) of its canonical schema (entity,
-source, field names, dtypes and defaults, transform reference and inputs) and of the source
+A view's **version** is the SHA-256 (first 16 hex digits) of its canonical schema (name,
+entity, source, field names, dtypes and defaults, transform reference and inputs) and of the source
 text of the module that defines its transform.  Hashing the whole module, not just the
 referenced object, is deliberate: a helper the transform calls can change its values too.
 Descriptions and TTLs do not change values, so they are not part of the version.

@@ -1,10 +1,13 @@
 """Model manifests: what a model version is, what it reads, and proof its files are intact.
 
-A model version lives in ``<repository>/<version>/`` with ``manifest.json`` and artifacts.
+A model version lives in ``<repository>/<name>/<version>/`` with ``manifest.json`` and its
+artifacts.
 The manifest records the input signature (qualified feature columns, ``view.field``, in the
 model's input order), the outputs, the feature view versions the model was trained on, and
-each artifact's SHA-256.  ``content_hash`` covers all of it, so a version is addressed by
-what it is; ``verify`` recomputes every hash at load and refuses a mismatch.
+each artifact's SHA-256.  ``content_hash`` covers what decides the model's answers — the
+signature, the pinned feature versions and the artifacts' hashes — not its name, version
+label or training notes, so a version is addressed by what it computes; ``read_manifest``
+recomputes every hash at load and refuses a mismatch.
 """
 
 from __future__ import annotations

@@ -50,8 +50,10 @@ def list_versions(root: Path, name: str) -> list[str]:
     d = root / name
     if not d.is_dir():
         return []
+    # Names starting with "." are versions being written (see models.export): never served.
     return sorted(
-        (p.name for p in d.iterdir() if (p / "manifest.json").is_file()), key=_version_key
+        (p.name for p in d.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file()),
+        key=_version_key,
     )
 
 
@@ -121,6 +123,10 @@ def load_model(
     ver = version or resolve_version(spec, root)
     directory = root / spec.name / ver
     m = read_manifest(directory)
+    if (m.name, m.version) != (spec.name, ver):
+        raise ModelLoadError(
+            f"{directory}: manifest says {m.name}/{m.version}, the repository path says {spec.name}/{ver}"
+        )
     check_feature_versions(m, live_feature_versions)
     rt = _runtime(spec, directory, m)
     if rt.n_inputs != len(m.inputs):

@@ -77,6 +77,14 @@ class ServiceTime:
                 self._fold(b, suspect)
         self._fold(b, elapsed_ns)
 
+    def reseed(self, n: int, elapsed_ns: int) -> None:
+        """Forget the history of ``n``'s bucket and start again from one sample (used after
+        a probe proves the model faster than its estimate)."""
+        b = min((n - 1).bit_length(), self.BUCKETS - 1)
+        self._mean[b] = float(max(elapsed_ns, 1))
+        self._dev[b] = elapsed_ns / 2.0
+        self._suspect[b] = 0
+
     def _fold(self, b: int, elapsed_ns: int) -> None:
         m = self._mean[b]
         err = elapsed_ns - m
@@ -97,6 +105,12 @@ class ServiceTime:
                 scale = float(1 << (b - lower))
                 return (self._mean[lower] + 4.0 * self._dev[lower]) * scale
         return 0.0
+
+    def mean_ns(self, n: int) -> float:
+        """The smoothed mean for a batch of ``n`` (0.0 when never observed), without the
+        deviation margin: the likely cost of one more run, e.g. of a probe."""
+        b = min((n - 1).bit_length(), self.BUCKETS - 1)
+        return self._mean[b]
 
     def snapshot(self) -> dict[int, tuple[float, float]]:
         """{bucket upper batch size: (mean ns, deviation ns)} for observed buckets."""

@@ -10,6 +10,7 @@ side path may lose data under pressure, never the reply.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -81,15 +82,20 @@ class LatencyRecorder:
     def pending(self) -> int:
         return (self._head[0] - self._tail[0]) + (self._head[1] - self._tail[1])
 
-    def drain(self, max_items: int | None = None) -> int:
-        """Move up to ``max_items`` queued timings into the histograms; returns how many."""
+    def drain(self, budget_ns: int | None = None) -> int:
+        """Move queued timings into the histograms, for at most ``budget_ns`` (None: all);
+        returns how many.  The clock is read every 16 items (a record costs ~3 us)."""
         done = 0
+        now = time.perf_counter_ns
+        end = None if budget_ns is None else now() + budget_ns
         for i, (ring, hists) in enumerate(((self._ring_one, self.one), (self._ring_batch, self.batch))):
             head, tail = self._head[i], self._tail[i]
             if head - tail > self._cap:  # overwritten before we got to them
                 self.dropped += head - tail - self._cap
                 tail = head - self._cap
-            while tail < head and (max_items is None or done < max_items):
+            while tail < head:
+                if end is not None and done % 16 == 0 and now() >= end:
+                    break
                 hists.record(ring[tail % self._cap])
                 tail += 1
                 done += 1

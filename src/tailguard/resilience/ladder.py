@@ -77,9 +77,17 @@ def compile_ladder(
             elif m.manifest.outputs != outputs:
                 raise SpecError(
                     f"rung {s.name!r}: model {m.label} answers {list(m.manifest.outputs)}, "
-                    f"the ladder answers {list(outputs)} - at `$.ladder[{i}].model`"
+                    f"the ladder answers {list(outputs)} - at `$.ladder[{i}].model`",
+                    path=f"$.ladder[{i}].model",
                 )
             r.model = m
+            missing = [c for c in m.manifest.inputs if c not in pos]
+            if missing:
+                raise SpecError(
+                    f"model {m.label} reads {missing}, which no feature view serves"
+                    f" - at `$.ladder[{i}].model`",
+                    path=f"$.ladder[{i}].model",
+                )
             idx = [pos[c] for c in m.manifest.inputs]
             if idx != list(range(len(columns))):
                 r.cols = np.array(idx, dtype=np.intp)
@@ -93,7 +101,8 @@ def compile_ladder(
             if set(s.outputs) != set(outputs):
                 raise SpecError(
                     f"default rung declares {sorted(s.outputs)}, the models answer {list(outputs)}"
-                    f" - at `$.ladder[{i}].outputs`"
+                    f" - at `$.ladder[{i}].outputs`",
+                    path=f"$.ladder[{i}].outputs",
                 )
             r.default = np.array([s.outputs[o] for o in outputs], dtype=np.float64)
             r.default.flags.writeable = False

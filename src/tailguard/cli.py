@@ -1,0 +1,132 @@
+"""The ``tailguard`` command.
+
+    tailguard demo [--seconds 20] [--rate 2000] [--no-chaos] [--out runs]
+    tailguard inspect SERVICE_DIR          views, versions, models, ladder (loads and verifies)
+    tailguard predict SERVICE_DIR KEY [--context JSON] [--priority P] [--budget-us N]
+
+Errors of the service (bad spec, missing model files, version mismatch) print one line with
+their stable code and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tailguard.errors import TailguardError
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tailguard.demo.report import format_table, write_report
+    from tailguard.demo.trading import run_demo
+
+    result = run_demo(
+        Path(args.service) if args.service else None,
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        chaos=not args.no_chaos,
+        seed=args.seed,
+    )
+    out, summary = write_report(result, Path(args.out))
+    print()
+    print(format_table(summary))
+    print()
+    print(f"report: {out / 'report.txt'}")
+    print(f"json:   {out / 'summary.json'}")
+    if summary.get("plot"):
+        print(f"plot:   {summary['plot']}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from tailguard.service import load_service
+
+    svc = load_service(args.service_dir, freeze_gc=False)
+    info: dict[str, Any] = {
+        "service": svc.spec.name,
+        "feature_views": {
+            n: {"version": v.version, "source": v.spec.source.value, "fields": list(v.field_names)}
+            for n, v in svc.views.items()
+        },
+        "models": {
+            n: {
+                "version": m.version,
+                "runtime": m.runtime.kind,
+                "content_hash": m.manifest.content_hash,
+                "inputs": list(m.manifest.inputs),
+                "outputs": list(m.manifest.outputs),
+                "expected_us_batch1": round(m.service_time.expected_ns(1) / 1e3, 2),
+            }
+            for n, m in svc.models.items()
+        },
+        "ladder": [r.name for r in svc.engine.rungs],
+        "priorities": {p.name: {"level": p.level, "budget_us": p.budget * 1e6} for p in svc.spec.priorities},
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tailguard.service import load_service
+
+    svc = load_service(args.service_dir, freeze_gc=False)
+    ctx = json.loads(args.context) if args.context else None
+    key: Any = int(args.key) if svc.spec.entities and svc.spec.entities[0].key_dtype == "int64" else args.key
+    d = svc.engine.predict(
+        key, ctx, priority=args.priority, budget_s=args.budget_us / 1e6 if args.budget_us else None
+    )
+    print(json.dumps({
+        "key": d.key,
+        "outputs": dict(zip(d.output_names, d.outputs.tolist(), strict=True)),
+        "model_version": d.model_version,
+        "rung": d.rung,
+        "flags": [f.name for f in type(d.flag) if f and f in d.flag],
+        "timings_ns": dict(zip(("ingest", "features", "inference", "delivery", "total"), d.timings_ns,
+                               strict=True)),
+    }, indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tailguard", description="deadline-aware online inference")
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="the trading demo: replay ticks, score decisions open-loop, report")
+    d.add_argument("--service", default=None, help="service directory (default: examples/trading)")
+    d.add_argument("--seconds", type=float, default=20.0, help="scored wall time (default 20)")
+    d.add_argument("--rate", type=float, default=2000.0, help="decisions per second (default 2000)")
+    d.add_argument("--no-chaos", action="store_true", help="do not slow the primary mid-run")
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--out", default="runs", help="where runs/<timestamp>/ go (default runs)")
+    d.set_defaults(fn=_demo)
+    i = sub.add_parser("inspect", help="load and verify a service directory, print what it serves")
+    i.add_argument("service_dir")
+    i.set_defaults(fn=_inspect)
+    p = sub.add_parser("predict", help="one decision, printed as JSON")
+    p.add_argument("service_dir")
+    p.add_argument("key")
+    p.add_argument("--context", help="request context as a JSON object")
+    p.add_argument("--priority")
+    p.add_argument("--budget-us", type=float)
+    p.set_defaults(fn=_predict)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tailguard`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        rc: int = args.fn(args)
+    except TailguardError as exc:
+        print(f"tailguard: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The main job: the trading demo and its report."""
