@@ -63,6 +63,7 @@ class Engine:
         hooks: Sequence[DecisionHook] = (),
         probe_interval_s: float = 0.5,
         max_batch: int = 1024,
+        isolation_slack_s: float = 300e-6,
     ) -> None:
         self.clock = clock or MonotonicClock()
         self._now = self.clock.now_ns
@@ -89,6 +90,11 @@ class Engine:
         self.answered = [0] * n
         self.skipped = [0] * n
         self.failed = [0] * n
+        self.timeouts = [0] * n
+        self._model_failed = False
+        # Kept free below an isolated model's wait: the lower rungs' work plus the timer's
+        # wake-up overshoot (a timed wait here overshot by up to ~250 us on a 2-core VM).
+        self._delivery_reserve_ns = round(isolation_slack_s * 1e9)
         self.requests = 0
         self.rows = 0
         self.invalid = 0
@@ -220,31 +226,18 @@ class Engine:
         for rung in self.rungs:
             kind = rung.kind
             if kind is _MODEL:
-                m = rung.model
-                assert m is not None
-                st = m.service_time
-                if now() + st.expected_ns(1) > deadline:
-                    self.skipped[rung.index] += 1
-                    self._maybe_probe(rung, 1)
+                y = self._run_model(rung, self._wide1, 1, deadline)
+                if y is None:
+                    if self._model_failed:
+                        flags |= _FAILED
                     continue
-                x = self._wide1 if rung.cols is None else rung.gather(self._wide1, 1)
-                ts = now()
-                try:
-                    y = m.runtime.run(x)
-                except Exception:
-                    self.failed[rung.index] += 1
-                    flags |= _FAILED
-                    continue
-                te = now()
-                st.observe(1, te - ts)
-                self._last_observed[rung.index] = te
                 if not isfinite(y[0, 0] if k1 else y.sum()):
                     self.failed[rung.index] += 1
                     flags |= _FAILED
                     continue
                 out = y[0].copy()
-                version = m.label
-                self._last_good.put(rows[0], out, te)
+                version = rung.label
+                self._last_good.put(rows[0], out, self._last_observed[rung.index])
                 break
             if kind is _LAST_GOOD:
                 out = self._last_good.get(rows[0], now(), rung.max_age_ns)
@@ -313,23 +306,12 @@ class Engine:
         version = ""
         for rung in self.rungs:
             if rung.kind is _MODEL:
-                m = rung.model
-                assert m is not None
-                if now() + m.service_time.expected_ns(n) > deadline:
-                    self.skipped[rung.index] += 1
-                    self._maybe_probe(rung, n)
+                y = self._run_model(rung, self._wide, n, deadline)
+                if y is None:
+                    if self._model_failed:
+                        flags |= _FAILED
                     continue
-                x = rung.gather(self._wide, n)
-                ts = now()
-                try:
-                    y = m.runtime.run(x)
-                except Exception:
-                    self.failed[rung.index] += 1
-                    flags |= _FAILED
-                    continue
-                te = now()
-                m.service_time.observe(n, te - ts)
-                self._last_observed[rung.index] = te
+                te = self._last_observed[rung.index]
                 good = np.isfinite(y).all(axis=1)
                 take = pending & good
                 if not good.all():
@@ -339,7 +321,7 @@ class Engine:
                     out[take] = y[take]
                     rung_of[take] = rung.index
                     pending &= ~take
-                    version = version or m.label
+                    version = version or rung.label
                     self._last_good.put_many(primary_rows[take], y[take], te)
             elif rung.kind is _LAST_GOOD:
                 ok = pending & self._last_good.available(primary_rows, now(), rung.max_age_ns)
@@ -374,6 +356,57 @@ class Engine:
         if self._emit_batch is not None:
             self._emit_batch(d)
         return d
+
+    # -- model rungs -------------------------------------------------------------------------
+    def _run_model(self, rung: Rung, wide: np.ndarray, n: int, deadline: int) -> np.ndarray | None:
+        """Skip, run and time one model rung for the first ``n`` rows of ``wide``.
+
+        Returns the outputs, or None when the rung gives no answer: skipped because its
+        expected time does not fit before ``deadline``, timed out (isolated models), or
+        raised (then ``self._model_failed`` is set).  Every outcome is counted.
+        """
+        self._model_failed = False
+        m = rung.model
+        assert m is not None
+        st = m.service_time
+        now = self._now
+        iso = rung.isolated
+        if iso is not None and iso.late_ns:
+            while iso.late_ns:
+                late_n, late_ns = iso.late_ns.pop()
+                st.observe(late_n, late_ns)
+        if now() + st.expected_ns(n) > deadline:
+            self.skipped[rung.index] += 1
+            self._maybe_probe(rung, n)
+            return None
+        x = wide[:n] if rung.cols is None else rung.gather(wide, n)
+        ts = now()
+        y: np.ndarray | None
+        try:
+            if iso is None:
+                y = m.runtime.run(x)
+            else:
+                # Leave the lower rungs the time they are expected to need.
+                y = iso.call(x, deadline - ts - self._reserve_ns(rung, n))
+                if y is None:
+                    self.timeouts[rung.index] += 1
+                    return None
+        except Exception:
+            self.failed[rung.index] += 1
+            self._model_failed = True
+            return None
+        te = now()
+        st.observe(n, te - ts)
+        self._last_observed[rung.index] = te
+        return y
+
+    def _reserve_ns(self, rung: Rung, n: int) -> int:
+        reserve = self._delivery_reserve_ns
+        for lower in self.rungs[rung.index + 1 :]:
+            if lower.model is not None:
+                reserve += int(lower.model.service_time.expected_ns(n))
+                break
+        return reserve
 
     # -- side path ---------------------------------------------------------------------------
     def _maybe_probe(self, rung: Rung, n: int) -> None:
@@ -443,6 +476,7 @@ class Engine:
                     "answered": self.answered[r.index],
                     "skipped_budget": self.skipped[r.index],
                     "failed": self.failed[r.index],
+                    "timed_out": self.timeouts[r.index],
                     "expected_us_batch1": (
                         round(r.model.service_time.expected_ns(1) / 1e3, 2) if r.model else None
                     ),

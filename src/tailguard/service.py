@@ -28,6 +28,7 @@ from tailguard.features.stream import StreamProcessor
 from tailguard.features.view import FeatureView, compile_views
 from tailguard.models.repository import LoadedModel, load_model
 from tailguard.observe.latency import LatencyRecorder
+from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.resilience.ladder import compile_ladder
 from tailguard.spec import RungKind, ServiceSpec, load_spec
 
@@ -92,6 +93,10 @@ def load_service(
     store = InMemoryOnlineStore(views, spec.entities, clock=clock, capacity=store_capacity)
     stream = StreamProcessor(views, store)
     models = {m.name: load_model(m, root, live, clock=clock) for m in spec.models}
+    for ms in spec.models:
+        if ms.isolation == "thread":
+            loaded = models[ms.name]
+            loaded.runtime = IsolatedRuntime(loaded.runtime, clock, loaded.label)
     # The wide vector holds every view a ladder model reads, in spec order.
     used: set[str] = set()
     for r in spec.ladder:

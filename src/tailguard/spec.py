@@ -142,6 +142,9 @@ class ModelSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: ``auto`` prefers a compiled-tree artifact when the version has one, else ONNX.
     runtime: Literal["auto", "onnx", "trees"] = "auto"
     intra_op_threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: ``thread``: run on a dedicated worker so a decision stops waiting at its deadline
+    #: (costs a thread hand-off per call); ``inline``: call directly (fastest).
+    isolation: Literal["inline", "thread"] = "inline"
     #: Inferences run at load so that the first request meets a warm model.
     warmup: Annotated[int, msgspec.Meta(ge=0)] = 64
 

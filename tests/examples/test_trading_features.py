@@ -77,7 +77,7 @@ def _deterministic_ticks() -> dict[str, np.ndarray]:
 
 _TICKS = _deterministic_ticks()
 _MIDS = (0.5 * (_TICKS["bid"] + _TICKS["ask"])).tolist()
-_NP_LOG_IS_LIBM_LOG = all(float(np.log(np.array([m]))[0]) == math.log(m) for m in _MIDS)
+_NP_LOG_IS_LIBM_LOG = np.log(np.array(_MIDS)).tolist() == [math.log(m) for m in _MIDS]
 
 
 @pytest.mark.xfail(

@@ -16,6 +16,7 @@ import numpy as np
 
 from tailguard.errors import SpecError
 from tailguard.models.repository import LoadedModel
+from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.spec import RungKind, RungSpec
 
 __all__ = ["LastGood", "Rung", "compile_ladder"]
@@ -25,13 +26,17 @@ class Rung:
     """One compiled rung.  ``cols`` maps the wide feature vector to a model's inputs (None:
     the model reads the wide vector as is)."""
 
-    __slots__ = ("cols", "default", "index", "kind", "max_age_ns", "model", "name", "x1", "xbuf")
+    __slots__ = (
+        "cols", "default", "index", "isolated", "kind", "label", "max_age_ns", "model", "name", "x1", "xbuf",
+    )
 
     def __init__(self, spec: RungSpec, index: int) -> None:
         self.name = spec.name
         self.index = index
         self.kind = spec.kind
         self.model: LoadedModel | None = None
+        self.label = ""
+        self.isolated: IsolatedRuntime | None = None
         self.cols: np.ndarray | None = None
         self.xbuf = np.zeros((0, 0), dtype=np.float32)
         self.x1 = self.xbuf
@@ -81,6 +86,9 @@ def compile_ladder(
                     path=f"$.ladder[{i}].model",
                 )
             r.model = m
+            r.label = m.label
+            if isinstance(m.runtime, IsolatedRuntime):
+                r.isolated = m.runtime
             missing = [c for c in m.manifest.inputs if c not in pos]
             if missing:
                 raise SpecError(
