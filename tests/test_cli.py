@@ -78,7 +78,9 @@ def test_demo_reports_model_quality(demo_run: tuple[int, Path]) -> None:
     assert 0.0 <= q["auc"] <= 1.0
 
 
-def test_engine_answer_equals_lightgbm_on_the_served_features(demo_run: tuple[int, Path], trading: Path) -> None:
+def test_engine_answer_equals_lightgbm_on_the_served_features(
+    demo_run: tuple[int, Path], trading: Path
+) -> None:
     # The wiring check: the decision must be exactly what LightGBM says for the feature
     # row the store and the request transform produce, columns in the manifest's order.
     lightgbm = pytest.importorskip("lightgbm")

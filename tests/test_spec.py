@@ -305,9 +305,11 @@ def test_duration_accepts_a_number_of_seconds(seconds: float) -> None:
     assert Duration.parse(seconds) == seconds
 
 
-@pytest.mark.parametrize("text", [" 2ms", "2ms ", "2 ms", ".5s", "1e3us"])
-def test_duration_tolerates_spaces_leading_dot_and_exponent(text: str) -> None:
-    assert Duration.parse(text) > 0
+@pytest.mark.parametrize(
+    ("text", "seconds"), [(" 2ms", 2e-3), ("2ms ", 2e-3), ("2 ms", 2e-3), (".5s", 0.5), ("1e3us", 1e-3)]
+)
+def test_duration_tolerates_spaces_leading_dot_and_exponent(text: str, seconds: float) -> None:
+    assert math.isclose(Duration.parse(text), seconds, rel_tol=1e-12)
 
 
 @pytest.mark.parametrize("bad", ["2", "2 parsecs", "ms", "-2ms", "2msx", ""])
@@ -325,3 +327,15 @@ def test_duration_rejects_non_numbers(bad: object) -> None:
 def test_duration_rejects_negative_numbers() -> None:
     with pytest.raises(ValueError):
         Duration.parse(-1.0)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), "1e400s"])
+def test_duration_rejects_non_finite_values(bad: object) -> None:
+    with pytest.raises(ValueError):
+        Duration.parse(bad)
+
+
+def test_model_isolation_must_be_a_known_mode() -> None:
+    data = spec_dict()
+    data["models"][0]["isolation"] = "process"
+    assert spec_error(data).path == "$.models[0].isolation"

@@ -99,6 +99,7 @@ def render_spec(
     ladder: str = LADDER,
     primary_runtime: str = "trees",
     fast_runtime: str = "trees",
+    primary_isolation: str = "inline",
     stats_ttl: str = "10s",
 ) -> str:
     """The toy ``service.toml``; the keyword arguments vary what tests need to vary."""
@@ -134,6 +135,7 @@ fields = [{{ name = "notional" }}, {{ name = "ratio" }}]
 name = "primary"
 repository = "models"
 runtime = "{primary_runtime}"
+isolation = "{primary_isolation}"
 warmup = 2
 
 [[models]]
@@ -160,7 +162,9 @@ budget = "20ms"
 """
 
 
-def write_service(directory: Path, *, spec_text: str | None = None, module_source: str = MODULE_SOURCE) -> None:
+def write_service(
+    directory: Path, *, spec_text: str | None = None, module_source: str = MODULE_SOURCE
+) -> None:
     """Write (or overwrite) the spec and the transform module of a toy service directory."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "service.toml").write_text(render_spec() if spec_text is None else spec_text)

@@ -111,7 +111,8 @@ def batch_tick_features(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     out[:, 0] = LagReturn.batch(ts, mid, 1 * SECOND)
     out[:, 1] = LagReturn.batch(ts, mid, 5 * SECOND)
     out[:, 2] = LagReturn.batch(ts, mid, 30 * SECOND)
-    log_mid = np.log(mid)
+    # math.log, as the online path uses: numpy's vectorised log may differ in the last ulp.
+    log_mid = np.array([math.log(v) for v in mid.tolist()])
     var = np.zeros(len(ts))
     if len(ts) > 1:
         var[1:] = EwmVar.batch((log_mid[1:] - log_mid[:-1]) * 1e4, 0.05)

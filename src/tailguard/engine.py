@@ -61,7 +61,7 @@ class Engine:
         default_priority: str,
         clock: Clock | None = None,
         hooks: Sequence[DecisionHook] = (),
-        probe_interval_s: float = 0.5,
+        probe_interval_s: float = 0.05,
         max_batch: int = 1024,
         isolation_slack_s: float = 300e-6,
     ) -> None:
@@ -77,6 +77,8 @@ class Engine:
         self._default_priority = self._priorities[default_priority]
         self._entities = assembler.entities
         self._single = assembler.entities[0] if len(assembler.entities) == 1 else None
+        # Fast path for the common single-entity lookup (the index object is stable).
+        self._single_index = store.entity_index(self._single) if self._single is not None else None
         self._wide = np.zeros((max(max_batch, 1), assembler.width), dtype=np.float32)
         self._wide1 = self._wide[:1]
         self._wide_row = self._wide[0]
@@ -139,7 +141,11 @@ class Engine:
                 )
             name, budget_ns = pc
         if budget_s is not None:
-            if not (budget_s > 0.0 and math.isfinite(budget_s)):
+            if (
+                type(budget_s) not in (int, float)
+                or not budget_s > 0.0
+                or not math.isfinite(budget_s)
+            ):
                 raise ValidationError("budget must be a positive number of seconds", field="budget")
             # A request may shorten its class budget, never lengthen it.
             requested = int(budget_s * 1e9)
@@ -211,8 +217,16 @@ class Engine:
         k1 = self._k1
         isfinite = math.isfinite
         try:
-            pname, budget_ns = self._budget(priority, budget_s)
-            rows = self._rows_one(keys)
+            pc = self._default_priority if priority is None else self._priorities.get(priority)
+            if pc is None or budget_s is not None:
+                pname, budget_ns = self._budget(priority, budget_s)
+            else:
+                pname, budget_ns = pc
+            index = self._single_index
+            if index is not None and type(keys) is index.key_type:
+                rows: tuple[int, ...] = (index.rows.get(keys, 0),)
+            else:
+                rows = self._rows_one(keys)
             t1 = now()
             flags = self.assembler.fill_one(rows, context, self._wide_row, t1)
         except ValidationError:
@@ -298,18 +312,59 @@ class Engine:
             raise
         t2 = now()
         deadline = t0 + budget_ns
-        k = len(self.output_names)
-        out = np.empty((n, k), dtype=np.float64)
+        primary_rows = rows[:, 0]
+        wide = self._wide[:n]
+        first = self.rungs[0]
+        y = self._run_model(first, wide, n, deadline)
+        if y is not None and np.isfinite(y).all():
+            # Fast path: the first rung answered every row (the common case, no masks).
+            out = y.copy()
+            rung_of = np.zeros(n, dtype=np.int8)
+            version = first.label
+            self._last_good.put_many(primary_rows, out, self._last_observed[0])
+            t3 = now()
+            self.answered[0] += n
+        else:
+            if self._model_failed:
+                flags |= _FAILED
+            out, rung_of, version = self._ladder_many(y, primary_rows, flags, n, deadline)
+            t3 = now()
+            flags[rung_of > 0] |= _FALLBACK
+            counts = np.bincount(rung_of, minlength=len(self.rungs))
+            for i, c in enumerate(counts.tolist()):
+                self.answered[i] += c
+        if flags.any():
+            self.unknown_entities += int(np.count_nonzero(flags & _UNKNOWN))
+            self.stale += int(np.count_nonzero(flags & _STALE))
+        self.requests += 1
+        self.rows += n
+        d = BatchDecision(keys, out, self.output_names, version, self.rung_names, rung_of, flags,
+                          pname, (0, 0, 0, 0, 0))
+        t4 = now()
+        d.timings_ns = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+        if t4 > deadline:
+            flags |= _MISSED
+            self.deadline_missed += 1
+        if self._emit_batch is not None:
+            self._emit_batch(d)
+        return d
+
+    def _ladder_many(
+        self, y0: np.ndarray | None, primary_rows: np.ndarray, flags: np.ndarray, n: int, deadline: int
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """The general batch ladder, row by row masks: ``y0`` is the first rung's answer
+        (None if it gave none).  Returns outputs, rung index per row and the model label."""
+        now = self._now
+        out = np.empty((n, len(self.output_names)), dtype=np.float64)
         rung_of = np.full(n, -1, dtype=np.int8)
         pending = np.ones(n, dtype=bool)
-        primary_rows = rows[:, 0]
         version = ""
         for rung in self.rungs:
             if rung.kind is _MODEL:
-                y = self._run_model(rung, self._wide, n, deadline)
+                y = y0 if rung.index == 0 else self._run_model(rung, self._wide[:n], n, deadline)
                 if y is None:
-                    if self._model_failed:
-                        flags |= _FAILED
+                    if rung.index and self._model_failed:
+                        flags[pending] |= _FAILED
                     continue
                 te = self._last_observed[rung.index]
                 good = np.isfinite(y).all(axis=1)
@@ -335,31 +390,13 @@ class Engine:
                 pending[:] = False
             if not pending.any():
                 break
-        t3 = now()
         if pending.any():
             raise BudgetExhausted("no ladder rung could answer in time and no default is declared")
-        flags[rung_of > 0] |= _FALLBACK
-        counts = np.bincount(rung_of, minlength=len(self.rungs))
-        for i, c in enumerate(counts.tolist()):
-            self.answered[i] += c
-        self.unknown_entities += int(np.count_nonzero(flags & _UNKNOWN))
-        self.stale += int(np.count_nonzero(flags & _STALE))
-        self.requests += 1
-        self.rows += n
-        d = BatchDecision(keys, out, self.output_names, version, self.rung_names, rung_of, flags,
-                          pname, (0, 0, 0, 0, 0))
-        t4 = now()
-        d.timings_ns = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
-        if t4 > deadline:
-            flags |= _MISSED
-            self.deadline_missed += 1
-        if self._emit_batch is not None:
-            self._emit_batch(d)
-        return d
+        return out, rung_of, version
 
     # -- model rungs -------------------------------------------------------------------------
     def _run_model(self, rung: Rung, wide: np.ndarray, n: int, deadline: int) -> np.ndarray | None:
-        """Skip, run and time one model rung for the first ``n`` rows of ``wide``.
+        """Skip, run and time one model rung on ``wide`` (the filled rows, ``n`` of them).
 
         Returns the outputs, or None when the rung gives no answer: skipped because its
         expected time does not fit before ``deadline``, timed out (isolated models), or
@@ -379,7 +416,7 @@ class Engine:
             self.skipped[rung.index] += 1
             self._maybe_probe(rung, n)
             return None
-        x = wide[:n] if rung.cols is None else rung.gather(wide, n)
+        x = wide if rung.cols is None else rung.gather(wide, n)
         ts = now()
         y: np.ndarray | None
         try:
@@ -407,6 +444,45 @@ class Engine:
                 reserve += int(lower.model.service_time.expected_ns(n))
                 break
         return reserve
+
+    # -- warm-up ---------------------------------------------------------------------------
+    def warm_up(self, iterations: int = 200, batch_sizes: tuple[int, ...] = (8, 64)) -> None:
+        """Exercise the whole decision path before traffic: first calls pay for lazy
+        allocations (buffers, views, bindings) that must not land on a real request.
+
+        Uses an entity key no store holds (declared defaults) and a context of ones, with the
+        largest class budget; hooks are off and every counter is reset afterwards.  The
+        models' service-time estimates keep what they learned.
+        """
+        keys: Any
+        dummy = {}
+        for e in self._entities:
+            dummy[e] = "\0tailguard-warmup" if self.store.entity_index(e).key_type is str else -(2**62)
+        keys = dummy[self._single] if self._single is not None else (dummy or 0)
+        ctx = dict.fromkeys(self.assembler.context_fields, 1.0)
+        priority = max(self._priorities.values(), key=lambda p: p[1])[0]
+        emit_one, emit_batch = self._emit_one, self._emit_batch
+        self._emit_one = self._emit_batch = None
+        try:
+            for _ in range(iterations):
+                self.predict(keys, ctx or None, priority=priority)
+            for n in batch_sizes:
+                many = [keys] * n if self._single is not None or not self._entities else keys
+                for _ in range(max(iterations // 10, 1)):
+                    self.predict_batch(many, ctx or None, priority=priority)
+        finally:
+            self._emit_one, self._emit_batch = emit_one, emit_batch
+            self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        """Zero every counter (not the models' service-time estimates)."""
+        n = len(self.rungs)
+        self.answered = [0] * n
+        self.skipped = [0] * n
+        self.failed = [0] * n
+        self.timeouts = [0] * n
+        self.requests = self.rows = self.invalid = 0
+        self.unknown_entities = self.stale = self.deadline_missed = 0
 
     # -- side path ---------------------------------------------------------------------------
     def _maybe_probe(self, rung: Rung, n: int) -> None:

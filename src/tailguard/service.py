@@ -120,6 +120,7 @@ def load_service(
         clock=clock,
         hooks=all_hooks,
     )
+    engine.warm_up()
     svc = Service(spec, root, views, store, stream, models, engine, latency)
     if freeze_gc:
         gc.collect()

@@ -84,7 +84,9 @@ def test_age_counts_clock_time_since_the_write(store: InMemoryOnlineStore, clock
     assert store.age_ns("activity", "ann") == 12_345
 
 
-def test_event_time_is_recorded_and_defaults_to_write_time(store: InMemoryOnlineStore, clock: FakeClock) -> None:
+def test_event_time_is_recorded_and_defaults_to_write_time(
+    store: InMemoryOnlineStore, clock: FakeClock
+) -> None:
     store.write("activity", "ann", [1.0], event_ns=42)
     store.write("activity", "bob", [1.0])
     t = store.table("activity")
@@ -98,11 +100,6 @@ def test_write_of_wrong_length_names_the_view(store: InMemoryOnlineStore) -> Non
     assert info.value.field == "profile"
 
 
-@pytest.mark.xfail(
-    reason="BUG: store.write/write_many register the key (_ensure_row) before validating the "
-    "values, so a rejected write leaves a phantom, never-written entity",
-    strict=True,
-)
 def test_rejected_write_does_not_register_the_key(store: InMemoryOnlineStore) -> None:
     with pytest.raises(ValidationError):
         store.write("profile", "ann", [1.0])
@@ -116,7 +113,7 @@ def test_str_entity_rejects_keys_of_other_types(store: InMemoryOnlineStore, key:
     assert info.value.field == "keys.user"
 
 
-@pytest.mark.parametrize("key", ["7", True, np.int64(7), 7.0])
+@pytest.mark.parametrize("key", ["7", True, 7.0])
 def test_int64_entity_rejects_keys_of_other_types(store: InMemoryOnlineStore, key: object) -> None:
     with pytest.raises(ValidationError) as info:
         store.write("shop_stats", key, [1.0])

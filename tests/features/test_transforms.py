@@ -108,7 +108,11 @@ def stream_view(transform: str) -> FeatureViewSpec:
 
 def request_view(transform: str) -> FeatureViewSpec:
     return FeatureViewSpec(
-        name="req", source=ViewSource.REQUEST, inputs=("x",), fields=(FieldSpec(name="y"),), transform=transform
+        name="req",
+        source=ViewSource.REQUEST,
+        inputs=("x",),
+        fields=(FieldSpec(name="y"),),
+        transform=transform,
     )
 
 
@@ -136,11 +140,6 @@ def test_a_transform_module_may_import_its_siblings(tmp_path: Path, helper_name:
     assert run_counter(inst, 1) == 3.0
 
 
-@pytest.mark.xfail(
-    reason="BUG: transforms.load_module isolates only the named module; siblings it imports "
-    "land in sys.modules under their plain names, so a second service's 'helper' is the first's",
-    strict=True,
-)
 def test_sibling_modules_of_two_directories_do_not_collide(tmp_path: Path, helper_name: str) -> None:
     one = resolve_transform(stream_view("sib:Counter"), str(make_dir(tmp_path / "a", 1.0, helper_name)))
     ten = resolve_transform(stream_view("sib:Counter"), str(make_dir(tmp_path / "b", 10.0, helper_name)))
@@ -162,11 +161,6 @@ def test_module_outside_the_directory_is_imported_normally(tmp_path: Path) -> No
     assert load_module(str(tmp_path), "json") is __import__("json")
 
 
-@pytest.mark.xfail(
-    reason="BUG: transforms.load_module caches modules by directory+name only, so after the "
-    "module file changes the old code keeps running while view_version hashes the new source",
-    strict=True,
-)
 def test_edited_transform_module_is_reloaded_with_its_new_version(tmp_path: Path) -> None:
     d = make_dir(tmp_path)
     spec = stream_view("feats:Counter")

@@ -15,7 +15,10 @@ from tailguard.spec import Duration, FeatureViewSpec, FieldSpec, ViewSource
 BASE = FeatureViewSpec(
     name="stats",
     entity="item",
-    fields=(FieldSpec(name="a", dtype="float32", default=1.5), FieldSpec(name="n", dtype="int64", default=-1.0)),
+    fields=(
+        FieldSpec(name="a", dtype="float32", default=1.5),
+        FieldSpec(name="n", dtype="int64", default=-1.0),
+    ),
     transform="feats:Stats",
     ttl=Duration(10.0),
     description="item statistics",
@@ -130,7 +133,9 @@ def test_ttl_is_held_in_nanoseconds() -> None:
 
 
 def test_passthrough_request_view_must_name_its_inputs_as_fields() -> None:
-    req = FeatureViewSpec(name="q", source=ViewSource.REQUEST, inputs=("x", "y"), fields=(FieldSpec(name="x"),))
+    req = FeatureViewSpec(
+        name="q", source=ViewSource.REQUEST, inputs=("x", "y"), fields=(FieldSpec(name="x"),)
+    )
     with pytest.raises(FeatureError, match="'q'"):
         compile_views((req,))
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from tailguard.decision import Flag
 from tailguard.errors import ValidationError
-from tailguard.features.store import NEVER, InMemoryOnlineStore
+from tailguard.features.store import NEVER, InMemoryOnlineStore, ViewTable
 from tailguard.features.view import FeatureView
 
 __all__ = ["FeatureAssembler"]
@@ -26,10 +26,12 @@ _NUMBER = (int, float)
 
 
 class _Stored:
-    __slots__ = ("default", "entity_pos", "hi", "lo", "name", "ttl_ns")
+    __slots__ = ("default", "entity_pos", "hi", "lo", "name", "table", "ttl_ns")
 
-    def __init__(self, view: FeatureView, entity_pos: int, lo: int) -> None:
+    def __init__(self, view: FeatureView, entity_pos: int, lo: int, table: ViewTable) -> None:
         self.name = view.name
+        # The table object is stable (growth replaces its arrays, not the object).
+        self.table = table
         self.entity_pos = entity_pos
         self.lo = lo
         self.hi = lo + len(view.spec.fields)
@@ -69,7 +71,7 @@ class FeatureAssembler:
             assert v.spec.entity is not None
             if v.spec.entity not in entities:
                 entities.append(v.spec.entity)
-            stored.append(_Stored(v, entities.index(v.spec.entity), lo))
+            stored.append(_Stored(v, entities.index(v.spec.entity), lo, store.table(name)))
         self.columns: tuple[str, ...] = tuple(columns)
         self.entities: tuple[str, ...] = tuple(entities)
         self.context_fields: tuple[str, ...] = tuple(
@@ -96,14 +98,13 @@ class FeatureAssembler:
     ) -> int:
         """Fill ``out`` (the wide vector, 1-D float32) for one entity; returns flag bits."""
         flags = 0
-        store = self._store
         for s in self._stored:
             row = rows[s.entity_pos]
             if row == 0:
                 out[s.lo : s.hi] = s.default
                 flags |= _UNKNOWN
                 continue
-            t = store.table(s.name)
+            t = s.table
             written = int(t.written_ns[row])
             if written == NEVER or (s.ttl_ns is not None and written < now_ns - s.ttl_ns):
                 out[s.lo : s.hi] = s.default
@@ -117,7 +118,14 @@ class FeatureAssembler:
                     field="context",
                 )
             for r in self._request:
-                args = [_scalar(ctx, f) for f in r.inputs]
+                try:
+                    args = [ctx[f] for f in r.inputs]
+                except (KeyError, TypeError):
+                    args = [_scalar(ctx, f) for f in r.inputs]  # raises the precise error
+                for a in args:
+                    if type(a) is not float:
+                        args = [_scalar(ctx, f) for f in r.inputs]  # validates, or raises
+                        break
                 vals = r.fn(*args) if r.fn is not None else args  # type: ignore[operator]
                 if type(vals) is not tuple and type(vals) is not list:
                     vals = (vals,)  # a one-field view may return its value bare
@@ -135,10 +143,9 @@ class FeatureAssembler:
         """Fill ``out[:n]`` for ``rows`` of shape (n, n_entities); returns per-row flags."""
         n = rows.shape[0]
         flags = np.zeros(n, dtype=np.uint8)
-        store = self._store
         for s in self._stored:
             r = rows[:, s.entity_pos]
-            t = store.table(s.name)
+            t = s.table
             written = t.written_ns[r]
             fresh = written != NEVER
             if s.ttl_ns is not None:
@@ -190,11 +197,12 @@ def _column(ctx: Mapping[str, Any], name: str, n: int) -> np.ndarray | float:
     if isinstance(v, _NUMBER) and not isinstance(v, bool):
         return float(v)
     try:
-        arr = np.asarray(v, dtype=np.float64)
+        raw = np.asarray(v)
     except (TypeError, ValueError):
-        raise ValidationError(
-            f"context field {name!r} must be numbers", field=f"context.{name}"
-        ) from None
+        raw = np.asarray(None)
+    if raw.dtype.kind not in "iuf":  # no strings, bools or objects: the same rule as predict
+        raise ValidationError(f"context field {name!r} must be numbers", field=f"context.{name}")
+    arr = raw.astype(np.float64, copy=False)
     if arr.shape not in ((), (n,)):
         raise ValidationError(
             f"context field {name!r} must be a scalar or have shape ({n},), got {arr.shape}",

@@ -24,7 +24,7 @@ from tailguard.errors import ValidationError
 from tailguard.features.view import FeatureView
 from tailguard.spec import EntitySpec
 
-__all__ = ["NEVER", "InMemoryOnlineStore", "ViewTable"]
+__all__ = ["NEVER", "EntityIndex", "InMemoryOnlineStore", "ViewTable"]
 
 #: Write time of a row that was never written (older than any real time).
 NEVER = int(np.iinfo(np.int64).min)
@@ -55,7 +55,8 @@ class ViewTable:
         self.values, self.f32, self.written_ns, self.event_ns = values, f32, written, event
 
 
-class _EntityIndex:
+class EntityIndex:
+    """Key -> row map of one entity (stable object; rows never move)."""
     __slots__ = ("capacity", "key_type", "rows", "tables")
 
     def __init__(self, spec: EntitySpec, capacity: int) -> None:
@@ -77,7 +78,7 @@ class InMemoryOnlineStore:
         capacity: int = 1024,
     ) -> None:
         self._clock = clock or MonotonicClock()
-        self._entities = {e.name: _EntityIndex(e, max(capacity, 2)) for e in entities}
+        self._entities = {e.name: EntityIndex(e, max(capacity, 2)) for e in entities}
         self._tables: dict[str, ViewTable] = {}
         for name, v in views.items():
             if v.is_request:
@@ -93,6 +94,10 @@ class InMemoryOnlineStore:
     def table(self, view: str) -> ViewTable:
         """The arrays of a stored view (fetch again after writes: growth replaces them)."""
         return self._tables[view]
+
+    def entity_index(self, entity: str) -> EntityIndex:
+        """The key -> row map of ``entity`` (for callers that resolve keys on a hot path)."""
+        return self._entities[entity]
 
     def row(self, entity: str, key: Any) -> int:
         """Row of ``key`` (0 when unknown). Raises ``ValidationError`` for a key of the wrong type."""
@@ -143,13 +148,13 @@ class InMemoryOnlineStore:
         """Write one entity's fields of ``view`` (declared order)."""
         t = self._tables[view]
         assert t.view.spec.entity is not None
-        i = self._ensure_row(t.view.spec.entity, key)
         vals = tuple(values)
         if len(vals) != len(t.view.spec.fields):
             raise ValidationError(
                 f"view {view!r} has {len(t.view.spec.fields)} fields, got {len(vals)} values",
                 field=view,
             )
+        i = self._ensure_row(t.view.spec.entity, key)
         t.values[i] = vals
         t.f32[i] = vals
         now = self._clock.now_ns()
@@ -164,25 +169,30 @@ class InMemoryOnlineStore:
         values: np.ndarray,
         event_ns: np.ndarray | None = None,
     ) -> None:
-        """Write many entities' rows at once; ``values`` is (n, n_fields) or structured."""
+        """Write many entities' rows at once; ``values`` is (n, n_fields) or structured.
+        Everything is validated before any key is registered: a rejected write leaves no trace."""
         t = self._tables[view]
-        assert t.view.spec.entity is not None
-        idx = np.fromiter(
-            (self._ensure_row(t.view.spec.entity, k) for k in keys), dtype=np.int64, count=len(keys)
-        )
-        t = self._tables[view]  # growth may have replaced the arrays
-        if values.dtype.names is None:
-            arr = np.asarray(values)
-            if arr.ndim != 2 or arr.shape != (len(idx), len(t.view.spec.fields)):
-                raise ValidationError(
-                    f"view {view!r}: expected values of shape ({len(idx)}, "
-                    f"{len(t.view.spec.fields)}), got {arr.shape}",
-                    field=view,
-                )
-            for j, name in enumerate(t.view.field_names):
-                t.values[name][idx] = arr[:, j]
-        else:
+        entity = t.view.spec.entity
+        assert entity is not None
+        n_fields = len(t.view.spec.fields)
+        kt = self._entities[entity].key_type
+        for k in keys:
+            if type(k) is not kt:
+                _bad_key(entity, k, kt)
+        structured = values.dtype.names is not None
+        if (structured and values.shape != (len(keys),)) or (
+            not structured and values.shape != (len(keys), n_fields)
+        ):
+            raise ValidationError(
+                f"view {view!r}: expected values of shape ({len(keys)}, {n_fields}), got {values.shape}",
+                field=view,
+            )
+        idx = np.fromiter((self._ensure_row(entity, k) for k in keys), dtype=np.int64, count=len(keys))
+        if structured:
             t.values[idx] = values.astype(t.view.row_dtype)
+        else:
+            for j, name in enumerate(t.view.field_names):
+                t.values[name][idx] = values[:, j]
         for j, name in enumerate(t.view.field_names):
             t.f32[idx, j] = t.values[name][idx]
         now = self._clock.now_ns()

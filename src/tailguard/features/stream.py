@@ -56,10 +56,10 @@ class StreamProcessor:
         routes = self._by_entity.get(entity)
         if routes is None:
             raise ValidationError(f"no stream view for entity {entity!r}", field="entity")
+        applied = False
         for r in routes:
             last = r.last_ts.get(key)
             if last is not None and ts < last:
-                self.late += 1
                 continue
             state = r.states.get(key)
             if state is None:
@@ -67,7 +67,11 @@ class StreamProcessor:
             r.transform.update(state, event)
             r.last_ts[key] = ts
             self._store.write(r.name, key, r.transform.values(state), event_ns=ts)
-        self.applied += 1
+            applied = True
+        if applied:
+            self.applied += 1
+        else:
+            self.late += 1
 
     def replay(self, entity: str, key_field: str, events: Iterable[Mapping[str, Any]]) -> int:
         """Apply events in order, taking each one's key from ``key_field``; returns the count."""

@@ -15,6 +15,7 @@ the service directory) and never looked up per request:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -48,22 +49,20 @@ class StreamTransform(Protocol):
 
 RequestTransform = Callable[..., Any]
 
-_LOADED: dict[str, Any] = {}
+_LOADED: dict[tuple[str, str], Any] = {}
 
 
 def load_module(service_dir: str | None, module: str) -> Any:
     """Import ``module`` from the service directory (or from ``sys.path`` when none is given).
 
-    Modules are registered under a name unique to the directory, so two services with a
-    ``features.py`` each do not collide; the directory is on ``sys.path`` only while the
-    module executes, so it may import its siblings.
+    Modules are registered under a name unique to the directory and content, so two services
+    with a ``features.py`` each do not collide and an edited file is imported afresh; the
+    directory is on ``sys.path`` only while the module executes, so it may import its
+    siblings, which are then kept private to it.
     """
     if service_dir is None:
         return importlib.import_module(module)
     root = Path(service_dir).resolve()
-    key = f"{root}:{module}"
-    if key in _LOADED:
-        return _LOADED[key]
     rel = Path(*module.split("."))
     path = root / rel.with_suffix(".py")
     if not path.exists():
@@ -71,11 +70,18 @@ def load_module(service_dir: str | None, module: str) -> Any:
     if not path.exists():
         # Not in the service directory: an installed module (e.g. a shared transform library).
         return importlib.import_module(module)
-    unique = f"_tailguard_svc_{abs(hash(str(root))):x}_{module.replace('.', '_')}"
+    # Keyed by content: an edited module is imported afresh, so the code that runs is the
+    # code whose source the view version hashes.
+    digest = hashlib.sha256(str(root).encode() + b"\0" + path.read_bytes()).hexdigest()[:16]
+    key = (str(path), digest)
+    if key in _LOADED:
+        return _LOADED[key]
+    unique = f"_tailguard_svc_{digest}_{module.replace('.', '_')}"
     spec = importlib.util.spec_from_file_location(unique, path)
     if spec is None or spec.loader is None:
         raise FeatureError(f"cannot import transform module {module!r} from {root}")
     mod = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
     sys.modules[unique] = mod
     sys.path.insert(0, str(root))
     try:
@@ -85,6 +91,12 @@ def load_module(service_dir: str | None, module: str) -> Any:
         raise FeatureError(f"transform module {module!r} failed to import: {exc}") from exc
     finally:
         sys.path.remove(str(root))
+        # Siblings imported from the service directory stay private to this module (it holds
+        # them): out of sys.modules, another service's sibling of the same name is its own.
+        for name in set(sys.modules) - before - {unique}:
+            file = getattr(sys.modules[name], "__file__", None)
+            if file and Path(file).resolve().is_relative_to(root):
+                del sys.modules[name]
     _LOADED[key] = mod
     return mod
 

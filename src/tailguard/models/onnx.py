@@ -67,8 +67,12 @@ class OnnxRuntime:
         self.n_inputs: int = inp.shape[1]
         width = out.shape[1] if len(out.shape) == 2 and isinstance(out.shape[1], int) else 1
         self._out_width = width
-        self._cols = np.array(output_columns or range(width), dtype=np.intp)
-        self._identity = list(self._cols) == list(range(width))
+        cols = list(output_columns or range(width))
+        self._cols = np.array(cols, dtype=np.intp)
+        # Contiguous output columns are read through a slice view (no gather, no temp);
+        # anything else is gathered (np.take cannot cast float32 into a float64 out).
+        contiguous = cols == list(range(cols[0], cols[0] + len(cols)))
+        self._slice = slice(cols[0], cols[0] + len(cols)) if contiguous else None
         self.n_outputs: int = len(self._cols)
         self._max_cached = max_cached_batches
         self._bound: dict[int, tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -91,7 +95,8 @@ class OnnxRuntime:
             io = self._sess.io_binding()
             io.bind_input(self._in_name, "cpu", 0, np.float32, [n, self.n_inputs], xin.ctypes.data)
             io.bind_output(self._out_name, "cpu", 0, self._out_dtype, shape, raw.ctypes.data)
-        entry = (io, xin, raw, res)
+        src = raw[:, self._slice] if self._slice is not None else raw
+        entry = (io, xin, src, res)
         self._bound[n] = entry
         return entry
 
@@ -100,11 +105,11 @@ class OnnxRuntime:
         entry = self._bound.get(n)
         if entry is None:
             entry = self._bind(n)
-        io, xin, raw, res = entry
+        io, xin, src, res = entry
         xin[...] = x
         self._sess.run_with_iobinding(io)
-        if self._identity:
-            res[...] = raw
+        if self._slice is not None:
+            res[...] = src
         else:
-            np.take(raw, self._cols, axis=1, out=res)
+            res[...] = src[:, self._cols]
         return res

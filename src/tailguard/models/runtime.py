@@ -34,9 +34,11 @@ class ServiceTime:
     observed time; the expectation is ``mean + 4 * deviation``, a cheap upper quantile.
     A sample over ``spike_factor`` times the expectation is held as a *suspect*: alone it is
     an operating-system hiccup (preemption, page fault) that says nothing about the model and
-    is dropped (counted in ``spikes``); if the next sample is slow too, both are folded in
-    and the expectation jumps, so a model that really turned slow is skipped from its third
-    call on.  Unobserved buckets extrapolate linearly from the nearest observed smaller one.
+    is dropped (counted in ``spikes``); if the next sample is slow too and at least half the
+    suspect's size, both are folded in and the expectation jumps, so a model that really
+    turned slow is skipped from its third call on, while two unrelated hiccups of different
+    sizes in a row are both dropped.  Unobserved buckets extrapolate linearly from the
+    nearest observed smaller one.
     """
 
     __slots__ = ("_dev", "_mean", "_suspect", "gain", "spike_factor", "spikes")
@@ -66,15 +68,17 @@ class ServiceTime:
             return
         slow = elapsed_ns > self.spike_factor * (m + 4.0 * self._dev[b])
         suspect = self._suspect[b]
-        if slow and not suspect:
+        if suspect:
+            self._suspect[b] = 0
+            if slow and 2 * elapsed_ns >= suspect:
+                # Confirmed: a second slow sample of similar size.  The model is slow.
+                self._fold(b, suspect)
+                self._fold(b, elapsed_ns)
+                return
+            self.spikes += 1  # the held sample was a one-off: drop it
+        if slow:
             self._suspect[b] = elapsed_ns
             return
-        self._suspect[b] = 0
-        if suspect:
-            if not slow:
-                self.spikes += 1  # the held sample was a one-off: drop it
-            else:
-                self._fold(b, suspect)
         self._fold(b, elapsed_ns)
 
     def reseed(self, n: int, elapsed_ns: int) -> None:

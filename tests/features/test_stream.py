@@ -1,0 +1,135 @@
+"""The stream processor: events folded per entity, written to the store, late events dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tailguard.errors import ValidationError
+from tailguard.features.store import InMemoryOnlineStore
+from tailguard.features.stream import StreamProcessor
+from tailguard.features.view import compile_views
+from tailguard.spec import EntitySpec, FeatureViewSpec, FieldSpec
+from tailguard.testing import FakeClock
+
+MODULE = '''"""Stream transforms for stream-processor tests."""
+
+
+class Sum:
+    fields = ("total", "n")
+
+    def new_state(self):
+        return [0.0, 0.0]
+
+    def update(self, state, event):
+        state[0] += event["x"]
+        state[1] += 1.0
+
+    def values(self, state):
+        return state
+
+
+class Last:
+    fields = ("x",)
+
+    def new_state(self):
+        return [0.0]
+
+    def update(self, state, event):
+        state[0] = event["x"]
+
+    def values(self, state):
+        return state
+'''
+
+ENTITIES = (EntitySpec(name="user"), EntitySpec(name="shop", key_dtype="int64"))
+SUM = FeatureViewSpec(
+    name="sums", entity="user", transform="agg:Sum", fields=(FieldSpec(name="total"), FieldSpec(name="n"))
+)
+LAST = FeatureViewSpec(name="last", entity="user", transform="agg:Last", fields=(FieldSpec(name="x"),))
+SHOP = FeatureViewSpec(name="shop", entity="shop", fields=(FieldSpec(name="x"),))  # written directly
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> InMemoryOnlineStore:
+    (tmp_path / "agg.py").write_text(MODULE)
+    return InMemoryOnlineStore(compile_views((SUM, LAST, SHOP), str(tmp_path)), ENTITIES, clock=clock)
+
+
+@pytest.fixture
+def stream(store: InMemoryOnlineStore) -> StreamProcessor:
+    views = {name: store.table(name).view for name in ("sums", "last", "shop")}
+    return StreamProcessor(views, store)
+
+
+def values(store: InMemoryOnlineStore, view: str, key: str) -> list[float]:
+    return store.table(view).f32[store.row("user", key)].tolist()
+
+
+def test_an_event_updates_every_stream_view_of_its_entity(
+    stream: StreamProcessor, store: InMemoryOnlineStore
+) -> None:
+    stream.apply("user", "ann", {"ts_ns": 1, "x": 2.0})
+    stream.apply("user", "ann", {"ts_ns": 2, "x": 5.0})
+    assert (values(store, "sums", "ann"), values(store, "last", "ann")) == ([7.0, 2.0], [5.0])
+
+
+def test_entities_keep_separate_states(stream: StreamProcessor, store: InMemoryOnlineStore) -> None:
+    stream.apply("user", "ann", {"ts_ns": 1, "x": 2.0})
+    stream.apply("user", "bob", {"ts_ns": 1, "x": 3.0})
+    assert (values(store, "sums", "ann"), values(store, "sums", "bob")) == ([2.0, 1.0], [3.0, 1.0])
+
+
+def test_events_record_their_event_time(stream: StreamProcessor, store: InMemoryOnlineStore) -> None:
+    stream.apply("user", "ann", {"ts_ns": 1234, "x": 2.0})
+    assert store.table("sums").event_ns[store.row("user", "ann")] == 1234
+
+
+def test_a_late_event_is_dropped_and_counted(stream: StreamProcessor, store: InMemoryOnlineStore) -> None:
+    stream.apply("user", "ann", {"ts_ns": 10, "x": 2.0})
+    stream.apply("user", "ann", {"ts_ns": 9, "x": 100.0})
+    assert values(store, "sums", "ann") == [2.0, 1.0]
+    assert stream.statistics()["late"] == 1
+
+
+def test_an_event_at_the_same_time_is_not_late(stream: StreamProcessor, store: InMemoryOnlineStore) -> None:
+    stream.apply("user", "ann", {"ts_ns": 10, "x": 2.0})
+    stream.apply("user", "ann", {"ts_ns": 10, "x": 3.0})
+    assert values(store, "sums", "ann") == [5.0, 2.0]
+
+
+def test_lateness_is_judged_per_entity(stream: StreamProcessor, store: InMemoryOnlineStore) -> None:
+    stream.apply("user", "ann", {"ts_ns": 10, "x": 2.0})
+    stream.apply("user", "bob", {"ts_ns": 5, "x": 3.0})
+    assert values(store, "sums", "bob") == [3.0, 1.0]
+
+
+def test_a_late_event_is_not_counted_as_applied(stream: StreamProcessor) -> None:
+    stream.apply("user", "ann", {"ts_ns": 10, "x": 2.0})
+    stream.apply("user", "ann", {"ts_ns": 9, "x": 2.0})
+    assert stream.statistics()["applied"] == 1
+
+
+def test_event_without_time_is_rejected(stream: StreamProcessor) -> None:
+    with pytest.raises(ValidationError) as info:
+        stream.apply("user", "ann", {"x": 2.0})
+    assert info.value.field == "ts_ns"
+
+
+def test_entity_without_stream_view_is_rejected(stream: StreamProcessor) -> None:
+    with pytest.raises(ValidationError) as info:
+        stream.apply("shop", 1, {"ts_ns": 1, "x": 2.0})
+    assert info.value.field == "entity"
+
+
+def test_only_entities_with_transforms_are_routed(stream: StreamProcessor) -> None:
+    assert stream.entities == ("user",)
+
+
+def test_replay_applies_events_in_order_keyed_by_a_field(
+    stream: StreamProcessor, store: InMemoryOnlineStore
+) -> None:
+    events = [{"ts_ns": t, "who": who, "x": float(t)} for t, who in [(1, "ann"), (2, "bob"), (3, "ann")]]
+    assert stream.replay("user", "who", events) == 3
+    assert (values(store, "last", "ann"), values(store, "last", "bob")) == ([3.0], [2.0])

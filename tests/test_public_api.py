@@ -1,0 +1,62 @@
+"""The curated public surface: a sorted, complete ``__all__`` and documented modules."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import types
+
+import pytest
+
+import tailguard
+
+
+def public_modules() -> list[str]:
+    names = ["tailguard"]
+    for info in pkgutil.walk_packages(tailguard.__path__, "tailguard."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return names
+
+
+def test_all_is_sorted() -> None:
+    assert tailguard.__all__ == sorted(tailguard.__all__)
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(set(tailguard.__all__)) == len(tailguard.__all__)
+
+
+def test_every_name_in_all_resolves() -> None:
+    missing = [n for n in tailguard.__all__ if not hasattr(tailguard, n)]
+    assert missing == []
+
+
+def test_all_lists_every_public_name() -> None:
+    public = {
+        n for n, v in vars(tailguard).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    }
+    assert public == set(tailguard.__all__)
+
+
+@pytest.mark.parametrize("name", public_modules())
+def test_every_public_module_has_a_docstring(name: str) -> None:
+    module = importlib.import_module(name)
+    assert (module.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+@pytest.mark.parametrize("name", [n for n in tailguard.__all__ if callable(getattr(tailguard, n))])
+def test_every_public_class_and_function_has_a_docstring(name: str) -> None:
+    assert inspect.getdoc(getattr(tailguard, name)), f"tailguard.{name} has no docstring"
+
+
+@pytest.mark.parametrize("name", public_modules())
+def test_module_all_names_resolve(name: str) -> None:
+    module = importlib.import_module(name)
+    assert [n for n in getattr(module, "__all__", []) if not hasattr(module, n)] == []
+
+
+def test_version_is_exposed() -> None:
+    assert tailguard.__version__
