@@ -67,8 +67,13 @@ def test_demo_accounts_for_every_scheduled_decision(demo_run: tuple[int, Path]) 
 
 def test_demo_chaos_window_makes_the_fast_rung_answer(demo_run: tuple[int, Path]) -> None:
     summary = json.loads((_single_run_dir(demo_run[1]) / "summary.json").read_text())
-    assert summary["ladder"]["fast"]["answered"] > 0
-    assert summary["ladder"]["primary"]["skipped_budget"] == summary["ladder"]["fast"]["answered"]
+    ladder = summary["ladder"]
+    assert ladder["fast"]["answered"] > 0
+    # Every decision the primary did not answer was a budget skip, answered lower down.
+    below = sum(v["answered"] for k, v in ladder.items() if k != "primary")
+    assert ladder["primary"]["skipped_budget"] == below
+    # ... and the primary came back after the slow window (probes in idle time).
+    assert ladder["primary"]["answered"] > 0.6 * summary["decisions"]
 
 
 def test_demo_reports_model_quality(demo_run: tuple[int, Path]) -> None:

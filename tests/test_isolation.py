@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 
 from tailguard.clock import MonotonicClock
+from tailguard.decision import Flag
+from tailguard.engine import Engine
+from tailguard.models.runtime import Runtime
 from tailguard.resilience.isolation import IsolatedRuntime
+from tailguard.service import Service
 
 
 class _Constant:
@@ -80,3 +84,41 @@ def test_non_positive_timeout_never_starts_the_model(iso: tuple[IsolatedRuntime,
     rt, inner = iso
     assert rt.call(np.zeros((1, 3), dtype=np.float32), 0) is None
     assert inner.calls == 0
+
+
+def test_engine_answers_from_the_next_rung_while_an_isolated_primary_is_blocked(
+    service: Service, engine: Engine
+) -> None:
+    m = service.models["primary"]
+    blocker = _Blocking(m.runtime)
+    iso_rt = IsolatedRuntime(blocker, MonotonicClock(), "primary")
+    m.runtime = iso_rt
+    engine.rungs[0].isolated = iso_rt
+    try:
+        d = engine.predict("a", {"price": 100.0, "size": 3.0}, priority="normal")
+        assert not blocker.release.is_set()  # answered while the primary was still running
+        assert d.rung == "fast"
+        assert d.flag & Flag.FALLBACK
+        assert engine.statistics()["rungs"]["primary"]["timed_out"] == 1
+        # While the abandoned call runs, the primary is busy: skipped without waiting.
+        assert engine.predict("a", {"price": 100.0, "size": 3.0}, priority="normal").rung == "fast"
+        assert blocker.calls == 1
+    finally:
+        blocker.release.set()
+        iso_rt.close()
+
+
+class _Blocking:
+    kind = "blocking"
+
+    def __init__(self, inner: Runtime) -> None:
+        self.inner = inner
+        self.n_inputs = inner.n_inputs
+        self.n_outputs = inner.n_outputs
+        self.release = threading.Event()
+        self.calls = 0
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.release.wait()
+        return self.inner.run(x)

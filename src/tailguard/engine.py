@@ -27,6 +27,7 @@ from tailguard.errors import BudgetExhausted, UnknownPriority, ValidationError
 from tailguard.features.assembler import FeatureAssembler
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.resilience.ladder import LastGood, Rung
+from tailguard.resilience.probe import Prober
 from tailguard.spec import PriorityClass, RungKind
 
 __all__ = ["DecisionHook", "Engine"]
@@ -64,6 +65,7 @@ class Engine:
         probe_interval_s: float = 0.05,
         max_batch: int = 1024,
         isolation_slack_s: float = 300e-6,
+        background_probes: bool = True,
     ) -> None:
         self.clock = clock or MonotonicClock()
         self._now = self.clock.now_ns
@@ -83,9 +85,11 @@ class Engine:
         self._wide1 = self._wide[:1]
         self._wide_row = self._wide[0]
         self._last_good = LastGood(len(output_names))
-        self._probe_interval_ns = round(probe_interval_s * 1e9)
         self._last_observed = [0] * len(self.rungs)
-        self._probes: dict[int, np.ndarray] = {}
+        self._prober = Prober(
+            self.rungs, self._now, round(probe_interval_s * 1e9), background=background_probes
+        )
+        self._probe_results = self._prober.results
         self.set_hooks(hooks)
         # Counters: plain integers and lists, incremented on the hot path, read by statistics().
         n = len(self.rungs)
@@ -407,6 +411,8 @@ class Engine:
         assert m is not None
         st = m.service_time
         now = self._now
+        if self._probe_results:
+            self._prober.fold_results(self._last_observed, self.failed)
         iso = rung.isolated
         if iso is not None and iso.late_ns:
             while iso.late_ns:
@@ -414,7 +420,9 @@ class Engine:
                 st.observe(late_n, late_ns)
         if now() + st.expected_ns(n) > deadline:
             self.skipped[rung.index] += 1
-            self._maybe_probe(rung, n)
+            # Skipped models get no timings: a probe off the reply path lets them recover.
+            self._prober.request(rung, wide if rung.cols is None else rung.gather(wide, n),
+                                 self._last_observed[rung.index])
             return None
         x = wide if rung.cols is None else rung.gather(wide, n)
         ts = now()
@@ -485,58 +493,18 @@ class Engine:
         self.unknown_entities = self.stale = self.deadline_missed = 0
 
     # -- side path ---------------------------------------------------------------------------
-    def _maybe_probe(self, rung: Rung, n: int) -> None:
-        # A skipped model gets no new observations, so its estimate could never recover:
-        # queue a probe (a copy of this input) to be timed off the reply path.
-        if rung.index in self._probes:
-            return
-        if self._now() - self._last_observed[rung.index] < self._probe_interval_ns:
-            return
-        self._probes[rung.index] = rung.gather(self._wide, n).copy()
-
     def run_side_path(self, budget_ns: int | None = None) -> int:
-        """Run queued side-path work (model probes) on the owner thread, in idle time.
+        """Run owner probes (models without a background probe) in idle time, for at most
+        ``budget_ns`` (None: all); returns how many ran.  See ``resilience.probe``."""
+        self._prober.fold_results(self._last_observed, self.failed)
+        return self._prober.run_pending(budget_ns, self._last_observed, self.failed)
 
-        ``budget_ns`` bounds the time spent (None: no bound): a probe runs only if the
-        model's mean time fits in what is left, so side-path work does not delay the next
-        request beyond what the caller allowed (by at most one run's deviation from its mean).
-        A skipped model slower than every idle gap stays skipped until the owner grants a
-        larger budget.  Returns the probes run.
-
-        A probe times one run of a skipped model on a recent input.  If it shows the model
-        well under its expected time (by the spike factor), the estimate is re-seeded from
-        the probe: recovery takes one probe instead of a slow decay.  Otherwise the sample is
-        folded in and the model is probed again after the probe interval.
-        """
-        if not self._probes:
-            return 0
-        now = self._now
-        end = None if budget_ns is None else now() + budget_ns
-        done = 0
-        for index in list(self._probes):
-            m = self.rungs[index].model
-            assert m is not None
-            x = self._probes[index]
-            n = x.shape[0]
-            st = m.service_time
-            expected = st.expected_ns(n)
-            if end is not None and now() + st.mean_ns(n) > end:
-                continue
-            del self._probes[index]
-            ts = now()
-            try:
-                m.runtime.run(x)
-            except Exception:
-                self.failed[index] += 1
-                continue
-            te = now()
-            if (te - ts) * st.spike_factor < expected:
-                st.reseed(n, te - ts)
-            else:
-                st.observe(n, te - ts)
-            self._last_observed[index] = te
-            done += 1
-        return done
+    def close(self) -> None:
+        """Stop the engine's helper threads (background probes, isolated models)."""
+        self._prober.close()
+        for r in self.rungs:
+            if r.isolated is not None:
+                r.isolated.close()
 
     def statistics(self) -> dict[str, Any]:
         """Counters: requests, rows, invalid, per-rung answered/skipped/failed, flags."""

@@ -43,22 +43,37 @@ def default_service_dir() -> Path:
 
 
 class SlowedRuntime:
-    """Wraps a runtime; while ``enabled``, every call also spins for ``extra_ns`` (a stand-in
-    for a slow dependency or a noisy neighbour)."""
+    """Wraps a runtime; while ``enabled``, every call also takes ``extra_ns`` more (a
+    stand-in for a slow dependency or a noisy neighbour).  Clones share the switch, so a
+    background probe sees the same slowness.  The wait yields the GIL (``sleep(0)``) like a
+    model computing in C would, without a timed sleep's overshoot."""
 
-    def __init__(self, inner: Runtime, extra_ns: int) -> None:
+    def __init__(self, inner: Runtime, extra_ns: int, _switch: list[bool] | None = None) -> None:
         self.inner = inner
         self.extra_ns = extra_ns
-        self.enabled = False
+        self._switch = _switch if _switch is not None else [False]
         self.kind = inner.kind
         self.n_inputs = inner.n_inputs
         self.n_outputs = inner.n_outputs
 
+    @property
+    def enabled(self) -> bool:
+        return self._switch[0]
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self._switch[0] = on
+
+    def clone(self) -> SlowedRuntime:
+        inner_clone = getattr(self.inner, "clone", None)
+        inner = inner_clone() if inner_clone is not None else self.inner
+        return SlowedRuntime(inner, self.extra_ns, self._switch)
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        if self.enabled:
+        if self._switch[0]:
             end = time.perf_counter_ns() + self.extra_ns
             while time.perf_counter_ns() < end:
-                pass
+                time.sleep(0)
         return self.inner.run(x)
 
 

@@ -77,6 +77,14 @@ class OnnxRuntime:
         self._max_cached = max_cached_batches
         self._bound: dict[int, tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray]] = {}
 
+    def clone(self) -> OnnxRuntime:
+        """Another instance sharing this ONNX Runtime session (whose ``Run`` is thread-safe)
+        with its own I/O bindings and buffers, for a second thread."""
+        other = object.__new__(OnnxRuntime)
+        other.__dict__.update(self.__dict__)
+        other._bound = {}
+        return other
+
     def _bind(self, n: int) -> tuple[ort.IOBinding, np.ndarray, np.ndarray, np.ndarray]:
         if len(self._bound) >= self._max_cached:
             self._bound.clear()

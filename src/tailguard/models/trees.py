@@ -72,12 +72,18 @@ class TreesRuntime:
 
     kind = "trees"
 
-    def __init__(self, lib_path: str | Path, *, pred_margin: bool = False) -> None:
+    def __init__(
+        self, lib_path: str | Path, *, pred_margin: bool = False, _lib: ctypes.CDLL | None = None
+    ) -> None:
         path = Path(lib_path)
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            lib = self._rebuild(path, exc)
+        self._path = path
+        if _lib is not None:
+            lib = _lib
+        else:
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as exc:
+                lib = self._rebuild(path, exc)
         try:
             fn = lib.tg_predict
             nf = lib.tg_num_feature
@@ -114,6 +120,11 @@ class TreesRuntime:
             return ctypes.CDLL(str(lib))
         except OSError as exc:
             raise ModelLoadError(f"{path}: rebuilt library does not load: {exc}") from exc
+
+    def clone(self) -> TreesRuntime:
+        """Another instance over the same loaded library, with its own buffers (for a
+        second thread: instances are not thread-safe, the compiled code is)."""
+        return TreesRuntime(self._path, pred_margin=bool(self._margin), _lib=self._lib)
 
     def _grow(self, n: int) -> None:
         cap = max(n, 2 * self._in.shape[0])
