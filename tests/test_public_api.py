@@ -60,3 +60,31 @@ def test_module_all_names_resolve(name: str) -> None:
 
 def test_version_is_exposed() -> None:
     assert tailguard.__version__
+
+
+def _public_classes() -> list[tuple[str, type]]:
+    found = []
+    for name in public_modules():
+        module = importlib.import_module(name)
+        for cname, cls in vars(module).items():
+            if inspect.isclass(cls) and not cname.startswith("_") and cls.__module__ == name:
+                found.append((f"{name}.{cname}", cls))
+    return found
+
+
+def _doc(f: object) -> str:
+    target = f.fget if isinstance(f, property) else getattr(f, "__func__", f)
+    return (inspect.getdoc(target) or "").strip()
+
+
+@pytest.mark.parametrize(
+    ("qualname", "cls"), _public_classes(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_public_method_has_a_docstring(qualname: str, cls: type) -> None:
+    undocumented = [
+        m for m, f in vars(cls).items()
+        if not m.startswith("_")
+        and (inspect.isfunction(f) or isinstance(f, staticmethod | classmethod | property))
+        and not _doc(f)
+    ]
+    assert undocumented == [], f"{qualname}: {undocumented}"

@@ -54,6 +54,7 @@ class Decision(msgspec.Struct, gc=False):
 
     @property
     def flag(self) -> Flag:
+        """The flag bits as a ``Flag``."""
         return Flag(self.flags)
 
 

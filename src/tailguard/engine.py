@@ -43,9 +43,13 @@ _MODEL, _LAST_GOOD, _DEFAULT = RungKind.MODEL, RungKind.LAST_GOOD, RungKind.DEFA
 class DecisionHook(Protocol):
     """A side-path consumer.  Called on the owner thread after the reply is formed: O(1) only."""
 
-    def on_decision(self, decision: Decision) -> None: ...
+    def on_decision(self, decision: Decision) -> None:
+        """Receive one finished decision (enqueue only)."""
+        ...
 
-    def on_batch(self, decision: BatchDecision) -> None: ...
+    def on_batch(self, decision: BatchDecision) -> None:
+        """Receive one finished batch decision (enqueue only)."""
+        ...
 
 
 class Engine:

@@ -54,6 +54,7 @@ class Duration(float):
 
     @classmethod
     def parse(cls, value: object) -> Duration:
+        """Parse a duration string (``"250us"``) or a number of seconds; raise ValueError/TypeError."""
         if isinstance(value, bool):
             raise TypeError("expected a duration such as '250us', '2ms' or '1.5s'")
         if isinstance(value, int | float):
@@ -197,18 +198,21 @@ class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     ladder: tuple[RungSpec, ...]
 
     def view(self, name: str) -> FeatureViewSpec:
+        """The feature view named ``name`` (KeyError if none)."""
         for v in self.feature_views:
             if v.name == name:
                 return v
         raise KeyError(name)
 
     def model(self, name: str) -> ModelSpec:
+        """The model named ``name`` (KeyError if none)."""
         for m in self.models:
             if m.name == name:
                 return m
         raise KeyError(name)
 
     def priority(self, name: str) -> PriorityClass:
+        """The priority class named ``name`` (KeyError if none)."""
         for p in self.priorities:
             if p.name == name:
                 return p

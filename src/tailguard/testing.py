@@ -22,9 +22,11 @@ class FakeClock:
         self._wall_offset = wall_start_ns - start_ns
 
     def now_ns(self) -> int:
+        """The fake monotonic time in ns."""
         return self._now
 
     def wall_ns(self) -> int:
+        """The fake wall time in ns since the epoch."""
         return self._now + self._wall_offset
 
     def advance(self, seconds: float = 0.0, *, ns: int = 0) -> None:
@@ -48,6 +50,7 @@ class SlowRuntime:
         self.calls = 0
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Delegate to the inner runtime (see the class docstring for what changes)."""
         self.calls += 1
         self.clock.advance(self.delay_s)
         return self.inner.run(x)
@@ -65,6 +68,7 @@ class FailingRuntime:
         self.calls = 0
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Delegate to the inner runtime (see the class docstring for what changes)."""
         self.calls += 1
         if self.mode == "raise":
             raise RuntimeError("injected model failure")

@@ -58,18 +58,22 @@ class SlowedRuntime:
 
     @property
     def enabled(self) -> bool:
+        """Whether calls are slowed now (shared with clones)."""
         return self._switch[0]
 
     @enabled.setter
     def enabled(self, on: bool) -> None:
+        """Whether calls are slowed now (shared with clones)."""
         self._switch[0] = on
 
     def clone(self) -> SlowedRuntime:
+        """A clone over the inner runtime's clone, sharing the on/off switch."""
         inner_clone = getattr(self.inner, "clone", None)
         inner = inner_clone() if inner_clone is not None else self.inner
         return SlowedRuntime(inner, self.extra_ns, self._switch)
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """The inner runtime's outputs, after the extra time when enabled."""
         if self._switch[0]:
             end = time.perf_counter_ns() + self.extra_ns
             while time.perf_counter_ns() < end:

@@ -33,12 +33,14 @@ class Ewma:
         self.value = math.nan
 
     def update(self, x: float) -> float:
+        """Fold one event in; returns the new value."""
         v = self.value
         self.value = x if v != v else v + self.alpha * (x - v)
         return self.value
 
     @staticmethod
     def batch(x: np.ndarray, alpha: float) -> np.ndarray:
+        """The value after every event of a whole series (the batch twin of ``update``)."""
         out = np.empty(len(x), dtype=np.float64)
         v = math.nan
         for i, xi in enumerate(x.astype(np.float64).tolist()):
@@ -62,6 +64,7 @@ class EwmVar:
         self.n = 0
 
     def update(self, x: float) -> float:
+        """Fold one event in; returns the new value."""
         if self.n == 0:
             self.mean = x
         else:
@@ -75,6 +78,7 @@ class EwmVar:
 
     @staticmethod
     def batch(x: np.ndarray, alpha: float) -> np.ndarray:
+        """The value after every event of a whole series (the batch twin of ``update``)."""
         out = np.empty(len(x), dtype=np.float64)
         mean = var = 0.0
         for i, xi in enumerate(x.astype(np.float64).tolist()):
@@ -102,6 +106,7 @@ class LagReturn:
         self.hist: deque[tuple[int, float]] = deque()
 
     def update(self, ts_ns: int, price: float) -> float:
+        """Fold one event in; returns the new value."""
         hist = self.hist
         hist.append((ts_ns, price))
         cutoff = ts_ns - self.horizon_ns
@@ -113,6 +118,7 @@ class LagReturn:
 
     @staticmethod
     def batch(ts_ns: np.ndarray, price: np.ndarray, horizon_ns: int) -> np.ndarray:
+        """The value after every event of a whole series (the batch twin of ``update``)."""
         p = price.astype(np.float64)
         j = np.searchsorted(ts_ns, ts_ns - horizon_ns, side="right") - 1
         out = np.full(len(p), np.nan)

@@ -82,6 +82,7 @@ class FeatureAssembler:
 
     @property
     def width(self) -> int:
+        """Number of columns of the wide feature vector."""
         return len(self.columns)
 
     def column_index(self, names: Sequence[str]) -> np.ndarray:

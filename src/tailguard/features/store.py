@@ -43,6 +43,7 @@ class ViewTable:
         self.event_ns = np.full(capacity, NEVER, dtype=np.int64)
 
     def grow(self, capacity: int) -> None:
+        """Reallocate every array to ``capacity`` rows, keeping the rows written so far."""
         n = len(self.written_ns)
         values = np.full(capacity, self.view.default_row, dtype=self.view.row_dtype)
         values[:n] = self.values
@@ -139,6 +140,7 @@ class InMemoryOnlineStore:
         return None if written == NEVER else self._clock.now_ns() - written
 
     def keys(self, entity: str) -> list[Any]:
+        """Every key of ``entity`` the store has seen, in insertion order."""
         return list(self._entities[entity].rows)
 
     # -- writes ------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class StreamProcessor:
 
     @property
     def entities(self) -> tuple[str, ...]:
+        """Entities that have at least one stream view with a transform."""
         return tuple(self._by_entity)
 
     def apply(self, entity: str, key: Any, event: Mapping[str, Any]) -> None:
@@ -82,4 +83,5 @@ class StreamProcessor:
         return n
 
     def statistics(self) -> dict[str, int]:
+        """Events applied and late events dropped (one count per event)."""
         return {"applied": self.applied, "late": self.late}

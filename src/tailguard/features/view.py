@@ -38,18 +38,22 @@ class FeatureView:
 
     @property
     def name(self) -> str:
+        """The view's name."""
         return self.spec.name
 
     @property
     def field_names(self) -> tuple[str, ...]:
+        """Field names, in declared order."""
         return tuple(f.name for f in self.spec.fields)
 
     @property
     def ttl_ns(self) -> int | None:
+        """The TTL in integer nanoseconds (None: values never go stale)."""
         return None if self.spec.ttl is None else round(self.spec.ttl * 1e9)
 
     @property
     def is_request(self) -> bool:
+        """True for views computed from the request context."""
         return self.spec.source is ViewSource.REQUEST
 
     def qualified(self) -> tuple[str, ...]:

@@ -52,6 +52,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     training: dict[str, Any] = {}
 
     def artifact(self, kind: str) -> Artifact | None:
+        """The artifact of ``kind`` (``onnx`` or ``trees``), or None."""
         for a in self.artifacts:
             if a.kind == kind:
                 return a
@@ -59,6 +60,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -109,6 +109,7 @@ class OnnxRuntime:
         return entry
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs (n, n_outputs) float64 for float32 rows ``x``; a view valid until the next call."""
         n = x.shape[0]
         entry = self._bound.get(n)
         if entry is None:

@@ -55,9 +55,11 @@ class ServiceTime:
 
     @staticmethod
     def bucket(n: int) -> int:
+        """The power-of-two bucket of batch size ``n``."""
         return min((n - 1).bit_length(), ServiceTime.BUCKETS - 1)
 
     def observe(self, n: int, elapsed_ns: int) -> None:
+        """Fold one timing of a batch of ``n`` in (spikes held as suspects, see class docstring)."""
         b = (n - 1).bit_length()
         if b >= self.BUCKETS:
             b = self.BUCKETS - 1

@@ -135,6 +135,7 @@ class TreesRuntime:
         self._views.clear()
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs (n, n_outputs) float64 for float32 rows ``x``; a view valid until the next call."""
         n = x.shape[0]
         if n > self._in.shape[0]:
             self._grow(n)

@@ -31,10 +31,12 @@ class StageHistograms:
         self.hist = [HdrHistogram(1, _MAX_NS, 3) for _ in stages]
 
     def record(self, timings: tuple[int, ...]) -> None:
+        """Record one timing tuple, one value per stage (ns, clamped to 1 ns..60 s)."""
         for h, v in zip(self.hist, timings, strict=False):
             h.record_value(min(max(v, 1), _MAX_NS))
 
     def reset(self) -> None:
+        """Forget everything recorded so far."""
         for h in self.hist:
             h.reset()
 
@@ -70,16 +72,19 @@ class LatencyRecorder:
         self.batch = StageHistograms()
 
     def on_decision(self, decision: Decision) -> None:
+        """Queue one decision's timings (reply path: one list store, one increment)."""
         h = self._head[0]
         self._ring_one[h % self._cap] = decision.timings_ns
         self._head[0] = h + 1
 
     def on_batch(self, decision: BatchDecision) -> None:
+        """Queue one batch decision's timings."""
         h = self._head[1]
         self._ring_batch[h % self._cap] = decision.timings_ns
         self._head[1] = h + 1
 
     def pending(self) -> int:
+        """Timings queued and not yet drained."""
         return (self._head[0] - self._tail[0]) + (self._head[1] - self._tail[1])
 
     def drain(self, budget_ns: int | None = None) -> int:
@@ -103,6 +108,7 @@ class LatencyRecorder:
         return done
 
     def reset(self) -> None:
+        """Forget everything recorded so far."""
         self.drain()
         self.one.reset()
         self.batch.reset()

@@ -136,18 +136,21 @@ class LastGood:
         self.outputs, self.written_ns = outputs, written
 
     def put(self, row: int, out: np.ndarray, now_ns: int) -> None:
+        """Remember ``out`` as ``row``'s last good answer at ``now_ns``."""
         if row >= len(self.written_ns):
             self._grow(row)
         self.outputs[row] = out
         self.written_ns[row] = now_ns
 
     def put_many(self, rows: np.ndarray, out: np.ndarray, now_ns: int) -> None:
+        """Remember the answers of many rows at once."""
         if rows.size and int(rows.max()) >= len(self.written_ns):
             self._grow(int(rows.max()))
         self.outputs[rows] = out
         self.written_ns[rows] = now_ns
 
     def get(self, row: int, now_ns: int, max_age_ns: int | None) -> np.ndarray | None:
+        """A copy of ``row``'s last good answer if it is younger than ``max_age_ns``, else None."""
         if row == 0 or row >= len(self.written_ns):
             return None
         w = int(self.written_ns[row])
