@@ -96,7 +96,11 @@ def load_service(
     for ms in spec.models:
         if ms.isolation == "thread":
             loaded = models[ms.name]
-            loaded.runtime = IsolatedRuntime(loaded.runtime, clock, loaded.label)
+            # The worker thread must release the GIL while it computes, or the waiting
+            # owner could not time out: isolate a GIL-releasing clone when there is one.
+            clone = getattr(loaded.runtime, "clone", None)
+            inner = clone() if clone is not None else loaded.runtime
+            loaded.runtime = IsolatedRuntime(inner, clock, loaded.label)
     # The wide vector holds every view a ladder model reads, in spec order.
     used: set[str] = set()
     for r in spec.ladder:

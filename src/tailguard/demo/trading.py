@@ -45,12 +45,16 @@ def default_service_dir() -> Path:
 class SlowedRuntime:
     """Wraps a runtime; while ``enabled``, every call also takes ``extra_ns`` more (a
     stand-in for a slow dependency or a noisy neighbour).  Clones share the switch, so a
-    background probe sees the same slowness.  The wait yields the GIL (``sleep(0)``) like a
-    model computing in C would, without a timed sleep's overshoot."""
+    background probe sees the same slowness.  The serving instance spins (exact, like a model
+    computing); a clone sleeps instead, releasing the GIL the way a model computing in C
+    would, so a probe thread does not fight the serving thread for it."""
 
-    def __init__(self, inner: Runtime, extra_ns: int, _switch: list[bool] | None = None) -> None:
+    def __init__(
+        self, inner: Runtime, extra_ns: int, _switch: list[bool] | None = None, *, spin: bool = True
+    ) -> None:
         self.inner = inner
         self.extra_ns = extra_ns
+        self._spin = spin
         self._switch = _switch if _switch is not None else [False]
         self.kind = inner.kind
         self.n_inputs = inner.n_inputs
@@ -70,14 +74,17 @@ class SlowedRuntime:
         """A clone over the inner runtime's clone, sharing the on/off switch."""
         inner_clone = getattr(self.inner, "clone", None)
         inner = inner_clone() if inner_clone is not None else self.inner
-        return SlowedRuntime(inner, self.extra_ns, self._switch)
+        return SlowedRuntime(inner, self.extra_ns, self._switch, spin=False)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The inner runtime's outputs, after the extra time when enabled."""
         if self._switch[0]:
-            end = time.perf_counter_ns() + self.extra_ns
-            while time.perf_counter_ns() < end:
-                time.sleep(0)
+            if not self._spin:
+                time.sleep(self.extra_ns / 1e9)
+            else:
+                end = time.perf_counter_ns() + self.extra_ns
+                while time.perf_counter_ns() < end:
+                    pass
         return self.inner.run(x)
 
 

@@ -68,22 +68,27 @@ def _build(src: Path, lib: Path) -> None:
 
 
 class TreesRuntime:
-    """A compiled tree ensemble called through ctypes (GIL released during the call)."""
+    """A compiled tree ensemble called through ctypes.
+
+    ``release_gil=False`` (the default, for the thread that serves decisions) keeps the GIL
+    during the call: a call of a few microseconds gains nothing from releasing it, and an
+    owner that releases and retakes the GIL at every decision starves every other Python
+    thread of it (CPython hands it straight back).  ``clone()`` gives a GIL-releasing
+    instance for other threads (background probes, isolated models), so a long tree walk
+    there never blocks the owner.
+    """
 
     kind = "trees"
 
-    def __init__(
-        self, lib_path: str | Path, *, pred_margin: bool = False, _lib: ctypes.CDLL | None = None
-    ) -> None:
+    def __init__(self, lib_path: str | Path, *, pred_margin: bool = False, release_gil: bool = False) -> None:
         path = Path(lib_path)
         self._path = path
-        if _lib is not None:
-            lib = _lib
-        else:
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as exc:
-                lib = self._rebuild(path, exc)
+        self.release_gil = release_gil
+        loader = ctypes.CDLL if release_gil else ctypes.PyDLL
+        try:
+            lib = loader(str(path))
+        except OSError as exc:
+            lib = loader(str(self._rebuild(path, exc)))
         try:
             fn = lib.tg_predict
             nf = lib.tg_num_feature
@@ -106,7 +111,7 @@ class TreesRuntime:
         self._views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
-    def _rebuild(path: Path, cause: OSError) -> ctypes.CDLL:
+    def _rebuild(path: Path, cause: OSError) -> Path:
         src = path.parent / SOURCES
         if not src.is_dir():
             raise ModelLoadError(f"{path}: cannot load compiled trees ({cause}) and no sources") from cause
@@ -117,14 +122,15 @@ class TreesRuntime:
         if not lib.exists():
             _build(src, lib)
         try:
-            return ctypes.CDLL(str(lib))
+            ctypes.CDLL(str(lib))
         except OSError as exc:
             raise ModelLoadError(f"{path}: rebuilt library does not load: {exc}") from exc
+        return lib
 
     def clone(self) -> TreesRuntime:
-        """Another instance over the same loaded library, with its own buffers (for a
-        second thread: instances are not thread-safe, the compiled code is)."""
-        return TreesRuntime(self._path, pred_margin=bool(self._margin), _lib=self._lib)
+        """Another instance over the same library with its own buffers, releasing the GIL
+        during calls (for a second thread: instances are not thread-safe, the code is)."""
+        return TreesRuntime(self._path, pred_margin=bool(self._margin), release_gil=True)
 
     def _grow(self, n: int) -> None:
         cap = max(n, 2 * self._in.shape[0])

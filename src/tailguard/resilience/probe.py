@@ -16,7 +16,8 @@ probe with a copy of the current input.  A probe is one timed run:
   back to the owner at each call's return), delaying background probes by up to ~1 s;
   idle-time probes do not have that problem.
 
-Whichever runs first recovers the estimate; the other is one more sample.
+Whichever runs first recovers the estimate.  A background timing includes the worker's
+waits for the GIL and a core, so it may only prove a model fast (re-seed), never slow.
 
 A probe that shows the model well under its estimate (by the spike factor) re-seeds the
 estimate — recovery in one probe; otherwise the sample is folded in as usual.
@@ -55,12 +56,15 @@ class Prober:
         interval_ns: int,
         *,
         background: bool = True,
+        overdue_ns: int = 1_000_000_000,
     ) -> None:
         self._rungs = tuple(rungs)
         self._now = now_ns
         self.interval_ns = interval_ns
         self._last_request = [0] * len(self._rungs)
         self.pending: dict[int, np.ndarray] = {}  # owner-run probes
+        self._pending_since: dict[int, int] = {}
+        self.overdue_ns = overdue_ns
         self._background = background
         # Clones are made on first use, per runtime object (a swapped runtime is re-cloned).
         self._clones: dict[int, tuple[Runtime, Runtime]] = {}
@@ -83,6 +87,7 @@ class Prober:
         # runtime can clone itself and no probe of this rung is in flight there.  Whichever
         # runs first recovers the estimate; a second timing is one more sample.
         self.pending[i] = x.copy()
+        self._pending_since.setdefault(i, now)
         if i not in self._in_flight and self._clone(rung) is not None:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="tailguard-probe", daemon=True)
@@ -128,12 +133,20 @@ class Prober:
             if elapsed < 0:
                 failed[i] += 1
                 continue
-            fold_probe(model.service_time, n, elapsed)
-            last_observed[i] = self._now()
+            # Another thread's timing includes waits for the GIL and a core, so it can only
+            # prove the model fast (re-seed), never slow: a slow one is dropped.
+            st = model.service_time
+            if elapsed * st.spike_factor < st.expected_ns(n):
+                st.reseed(n, elapsed)
+                last_observed[i] = self._now()
             self.background_runs += 1
 
     def run_pending(self, budget_ns: int | None, last_observed: list[int], failed: list[int]) -> int:
-        """Owner thread, idle time: run owner probes whose model's mean time fits the budget."""
+        """Owner thread, idle time: run owner probes whose model's mean time fits the budget.
+
+        A probe pending for ``overdue_ns`` (1 s) runs even if it does not fit: a model whose
+        slow estimate never fits an idle gap would otherwise never be re-measured.  That
+        delays at most one request per ``overdue_ns`` by one run of the model."""
         if not self.pending:
             return 0
         now = self._now
@@ -144,9 +157,12 @@ class Prober:
             assert model is not None
             x = self.pending[i]
             st = model.service_time
-            if end is not None and now() + st.mean_ns(x.shape[0]) > end:
+            t = now()
+            overdue = t - self._pending_since.get(i, t) >= self.overdue_ns
+            if end is not None and t + st.mean_ns(x.shape[0]) > end and not overdue:
                 continue
             del self.pending[i]
+            self._pending_since.pop(i, None)
             ts = now()
             try:
                 model.runtime.run(x)
