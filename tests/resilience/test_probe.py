@@ -140,3 +140,33 @@ def test_background_probe_runs_on_a_clone_and_is_folded_by_the_owner() -> None:
     p.fold_results(last, failed)
     assert rungs[0].model.service_time.expected_ns(1) < 1 * MS
     assert p.background_runs == 1
+
+
+def test_an_overdue_owner_probe_runs_even_without_idle_budget() -> None:
+    clock = FakeClock()
+    runtime = _Timed(clock, 2000)
+    rungs = _rungs(runtime)
+    _slow_estimate(rungs[0])
+    p = Prober(rungs, clock.now_ns, 50 * MS, background=False, overdue_ns=1000 * MS)
+    p.request(rungs[0], X, last_observed_ns=0)
+    clock.advance(ns=999 * MS)
+    assert p.run_pending(1 * MS, [0, 0], [0, 0]) == 0
+    clock.advance(ns=1 * MS)
+    assert p.run_pending(1 * MS, [0, 0], [0, 0]) == 1
+    assert runtime.calls == 1
+
+
+def test_a_slow_background_timing_is_dropped_not_folded() -> None:
+    clock = FakeClock()
+    runtime = _Cloneable(clock, 6 * MS)  # still slow: the clone's run costs 6 ms
+    rungs = _rungs(runtime)
+    _slow_estimate(rungs[0])
+    st = rungs[0].model.service_time
+    before = (st.mean_ns(1), st.expected_ns(1))
+    p = Prober(rungs, clock.now_ns, 50 * MS, background=True)
+    p.request(rungs[0], X, last_observed_ns=0)
+    p.close()
+    last = [0, 0]
+    p.fold_results(last, [0, 0])
+    assert (st.mean_ns(1), st.expected_ns(1)) == before
+    assert last[0] == 0
