@@ -1,11 +1,12 @@
 """Compiled gradient-boosted trees: LightGBM -> C (tl2cgen) -> a shared library -> ctypes.
 
-Chosen by measurement (docs/benchmarks.md, ``benchmarks/trees.py``): at batch 1 on a
-200-tree, 32-feature GBDT, the compiled function called directly costs about 1.2 us against
-4 us for ONNX Runtime with I/O binding, 6 us for plain ``session.run``, 6.5-13 us through
-tl2cgen's own Predictor/DMatrix wrapper and 15 us for LightGBM's ``predict``; lleaves did not
-build against the current llvmlite.  tl2cgen generates the per-row C code; tailguard adds a
-small batch shim (``_tree_shim.c``) so one foreign call scores a whole matrix.
+Chosen by measurement (``benchmarks/trees.py``, figures in docs/benchmarks.md): at batch 1
+on a 200-tree, 31-leaf, 32-feature GBDT the compiled code behind one ctypes call took 5.9 us
+at p50, against 10.8 us for ONNX Runtime with I/O binding, 11.8 us for a plain
+``session.run``, 12-20 us through tl2cgen's own Predictor/DMatrix and 24 us for LightGBM's
+``predict``; lleaves 1.3 does not build against the current llvmlite.  tl2cgen generates
+the per-row C code; tailguard adds a small batch shim (``_tree_shim.c``) so one foreign call
+scores a whole matrix.
 
 Compiling needs the ``trees`` extra and a C compiler; *loading* a compiled model needs only
 the core (ctypes).  The generated C sources are kept beside the library, so a version copied
