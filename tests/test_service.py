@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from toyservice import CTX, MODULE_SOURCE, render_spec, write_service
+from toyservice import CTX, MODULE_SOURCE, render_spec, train_models, write_service
 
 from tailguard import Service, load_service, tune_gc
-from tailguard.errors import FeatureVersionMismatch, ModelLoadError, ModelNotFound, SpecError
+from tailguard.errors import FeatureError, FeatureVersionMismatch, ModelLoadError, ModelNotFound, SpecError
 from tailguard.models.manifest import read_manifest
 from tailguard.testing import FakeClock
 
@@ -142,3 +142,14 @@ def test_tune_gc_raises_the_young_generation_threshold() -> None:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def test_transform_failing_on_warm_up_fails_the_load_as_feature_error(toy_copy: Path) -> None:
+    # Floats raise where numpy arrays give inf: ``size - 1.0`` is 0 for the warm-up context of
+    # ones, so this transform would crash the first real request with size 1 — caught at load.
+    source = MODULE_SOURCE.replace("size / (price + 1.0)", "price / (size - 1.0)")
+    write_service(toy_copy, module_source=source)
+    train_models(toy_copy)
+    with pytest.raises(FeatureError, match="warm-up") as info:
+        load(toy_copy)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)

@@ -23,7 +23,7 @@ import numpy as np
 
 from tailguard.clock import Clock, MonotonicClock
 from tailguard.decision import BatchDecision, Decision, Flag
-from tailguard.errors import BudgetExhausted, UnknownPriority, ValidationError
+from tailguard.errors import BudgetExhausted, FeatureError, UnknownPriority, ValidationError
 from tailguard.features.assembler import FeatureAssembler
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.resilience.ladder import LastGood, Rung
@@ -479,9 +479,16 @@ class Engine:
             for _ in range(iterations):
                 self.predict(keys, ctx or None, priority=priority)
             for n in batch_sizes:
-                many = [keys] * n if self._single is not None or not self._entities else keys
+                if self._single is not None or not self._entities:
+                    many: Any = [keys] * n
+                else:
+                    many = {e: [k] * n for e, k in dummy.items()}
                 for _ in range(max(iterations // 10, 1)):
                     self.predict_batch(many, ctx or None, priority=priority)
+        except Exception as exc:
+            # A transform or model that fails on declared defaults and a context of ones
+            # fails the load here, with the service's error type, not at the first request.
+            raise FeatureError(f"the decision path failed during warm-up: {exc!r}") from exc
         finally:
             self._emit_one, self._emit_batch = emit_one, emit_batch
             self.reset_statistics()
@@ -511,7 +518,8 @@ class Engine:
                 r.isolated.close()
 
     def statistics(self) -> dict[str, Any]:
-        """Counters: requests, rows, invalid, per-rung answered/skipped/failed, flags."""
+        """Counters: requests, batch_rows, invalid, unknown_entities, stale, deadline_missed,
+        and per rung answered / skipped_budget / failed / timed_out with the expected time."""
         return {
             "requests": self.requests,
             "batch_rows": self.rows,

@@ -6,12 +6,14 @@ declared with ``isolation = "thread"`` runs on a dedicated worker thread instead
 hands it the input and waits at most until the time left minus what the lower rungs need.
 On timeout the engine moves down the ladder at once; the late call finishes in the
 background, its result is discarded, and its duration still feeds the estimate.  While a
-late call is still running the model is *busy* and is skipped (it cannot run two calls).
+late call is still running the model is *busy*: the next calls return at once without an
+answer (counted as timed out, like a wait of zero or less; it cannot run two calls).
 
 The price is a thread hand-off per call (tens of microseconds on a small machine), so this
 is for models whose budgets are in milliseconds or whose slowness must never leak into a
-reply.  ONNX Runtime and the compiled-tree runtime release the GIL while they compute, so
-the waiting thread is not blocked by the model.
+reply.  The worker must release the GIL while it computes, or the waiting thread could not
+time out: ONNX Runtime always does, and ``load_service`` isolates a GIL-releasing clone of a
+compiled-tree runtime (the serving instance keeps the GIL).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class IsolatedRuntime:
         self.last_ns = 0
         self._stop = False
         self._abandoned = False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"tailguard-{name}", daemon=True)
         self._thread.start()
 
@@ -70,10 +73,11 @@ class IsolatedRuntime:
             except BaseException as exc:  # reported to the caller, never kills the worker
                 self._error = exc
             self.last_ns = self._now() - t0
-            if self._abandoned:
-                self.late_ns.append((self._n, self.last_ns))
-            self.busy = False
-            self._done.set()
+            with self._lock:  # the caller decides "abandoned" under the same lock
+                if self._abandoned:
+                    self.late_ns.append((self._n, self.last_ns))
+                self.busy = False
+                self._done.set()
 
     def call(self, x: np.ndarray, timeout_ns: int) -> np.ndarray | None:
         """Run on the worker; the outputs, or None if busy or not done within ``timeout_ns``.
@@ -91,9 +95,11 @@ class IsolatedRuntime:
         self.busy = True
         self._go.set()
         if not self._done.wait(timeout_ns / 1e9):
-            self._abandoned = True
-            self.timeouts += 1
-            return None
+            with self._lock:
+                if not self._done.is_set():  # else it finished just now: take the answer
+                    self._abandoned = True
+                    self.timeouts += 1
+                    return None
         if self._error is not None:
             raise self._error
         return self._out[:n]

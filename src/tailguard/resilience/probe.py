@@ -20,7 +20,8 @@ Whichever runs first recovers the estimate.  A background timing includes the wo
 waits for the GIL and a core, so it may only prove a model fast (re-seed), never slow.
 
 A probe that shows the model well under its estimate (by the spike factor) re-seeds the
-estimate — recovery in one probe; otherwise the sample is folded in as usual.
+estimate — recovery in one probe; otherwise an owner probe's sample is folded in as usual
+(background timings: see below).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Prober:
         self._last_request[i] = now
         # Always offered to the owner's idle time; also to the background worker when the
         # runtime can clone itself and no probe of this rung is in flight there.  Whichever
-        # runs first recovers the estimate; a second timing is one more sample.
+        # runs first recovers the estimate.
         self.pending[i] = x.copy()
         self._pending_since.setdefault(i, now)
         if i not in self._in_flight and self._clone(rung) is not None:
