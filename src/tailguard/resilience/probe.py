@@ -57,7 +57,7 @@ class Prober:
         interval_ns: int,
         *,
         background: bool = True,
-        overdue_ns: int = 1_000_000_000,
+        overdue_ns: int = 250_000_000,
     ) -> None:
         self._rungs = tuple(rungs)
         self._now = now_ns
@@ -145,7 +145,7 @@ class Prober:
     def run_pending(self, budget_ns: int | None, last_observed: list[int], failed: list[int]) -> int:
         """Owner thread, idle time: run owner probes whose model's mean time fits the budget.
 
-        A probe pending for ``overdue_ns`` (1 s) runs even if it does not fit: a model whose
+        A probe pending for ``overdue_ns`` (0.25 s) runs even if it does not fit: a model whose
         slow estimate never fits an idle gap would otherwise never be re-measured.  That
         delays at most one request per ``overdue_ns`` by one run of the model."""
         if not self.pending:
