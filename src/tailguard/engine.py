@@ -69,7 +69,7 @@ class Engine:
         probe_interval_s: float = 0.05,
         max_batch: int = 1024,
         isolation_slack_s: float = 300e-6,
-        background_probes: bool = True,
+        background_probes: bool = False,
     ) -> None:
         self.clock = clock or MonotonicClock()
         self._now = self.clock.now_ns

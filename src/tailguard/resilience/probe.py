@@ -7,14 +7,14 @@ probe with a copy of the current input.  A probe is one timed run:
 
 * **owner**: ``run_pending``, which the owner calls in idle time with a time budget
   (``Service.run_side_path``), runs it on the owner thread;
-* **background**: when the runtime can ``clone()`` itself (a second instance with its own
-  buffers, sharing the compiled code or the ONNX session), a daemon thread also runs it, so
-  an embedder that never calls ``run_side_path`` still recovers.  The timing is handed back
-  through a deque and folded in by the owner at its next model call, so the estimate keeps
-  a single writer.  Caveat, measured here: an owner that is never idle and calls a
-  GIL-releasing model every millisecond starves the worker of the GIL (CPython hands it
-  back to the owner at each call's return), delaying background probes by up to ~1 s;
-  idle-time probes do not have that problem.
+* **background** (opt-in, ``Engine(background_probes=True)``): when the runtime can
+  ``clone()`` itself (a second instance with its own buffers, sharing the compiled code or
+  the ONNX session), a daemon thread also runs it, so an embedder that never calls
+  ``run_side_path`` still recovers.  The timing is handed back through a deque and folded
+  in by the owner at its next model call, so the estimate keeps a single writer.  It is off
+  by default because of what was measured here: while a background probe waits for the
+  GIL, a busy owner thread can starve it for seconds *and* pay ~10 us more per decision
+  (GIL hand-off churn); idle-time owner probes have neither problem.
 
 Whichever runs first recovers the estimate.  A background timing includes the worker's
 waits for the GIL and a core, so it may only prove a model fast (re-seed), never slow.
