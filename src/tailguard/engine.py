@@ -9,6 +9,10 @@ finished decision; they must only enqueue, and with no hook installed the cost i
 ``None`` test.  Heavier side-path work (histogram aggregation, probes of skipped models)
 runs when the owner calls ``run_side_path`` in idle time — never inside a request.
 
+The module is longer than most here on purpose: the reply path (predict, predict_batch and
+the model-rung helper) reads best in one place; ladder data, probes and isolation live in
+``resilience/``.
+
 Threading: an engine is owned by one thread (it reuses preallocated buffers).  Run one engine
 per worker thread or process; the store's writer must be that same thread.
 """

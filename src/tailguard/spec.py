@@ -76,11 +76,12 @@ class Duration(float):
 def _dec_hook(tp: type, obj: Any) -> Any:
     if tp is Duration:
         return Duration.parse(obj)
+    # msgspec's dec_hook protocol: NotImplementedError means "not a type this hook converts".
     raise NotImplementedError(f"unsupported type {tp!r}")
 
 
 class _Spec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    """Base of the spec structs (each repeats the options: msgspec does not inherit them)."""
 
 
 class ViewSource(enum.Enum):

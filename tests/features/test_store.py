@@ -120,6 +120,16 @@ def test_int64_entity_rejects_keys_of_other_types(store: InMemoryOnlineStore, ke
     assert info.value.field == "keys.shop"
 
 
+def test_int64_entity_takes_numpy_integers_as_the_same_keys(store: InMemoryOnlineStore) -> None:
+    store.write("shop_stats", np.int64(7), [4.5])
+    assert store.row("shop", 7) == store.row("shop", np.int32(7)) != 0
+    assert store.rows("shop", np.array([7, 8]).tolist() + [np.int64(7)]).tolist() == [
+        store.row("shop", 7), 0, store.row("shop", 7)
+    ]
+    assert store.keys("shop") == [7]
+    assert type(store.keys("shop")[0]) is int
+
+
 def test_rows_of_many_keys_are_zero_where_unknown(store: InMemoryOnlineStore) -> None:
     store.write("shop_stats", 10, [1.0])
     store.write("shop_stats", 20, [2.0])

@@ -15,7 +15,7 @@ so callers fetch arrays through ``table(...)`` each time rather than keeping ref
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -101,22 +101,21 @@ class InMemoryOnlineStore:
         return self._entities[entity]
 
     def row(self, entity: str, key: Any) -> int:
-        """Row of ``key`` (0 when unknown). Raises ``ValidationError`` for a key of the wrong type."""
+        """Row of ``key`` (0 when unknown).  NumPy integers are accepted for int64 keys; any
+        other type mismatch raises ``ValidationError``."""
         ent = self._entities[entity]
         if type(key) is not ent.key_type:
-            _bad_key(entity, key, ent.key_type)
+            key = _coerce_key(entity, key, ent.key_type)
         return ent.rows.get(key, 0)
 
     def rows(self, entity: str, keys: Sequence[Any]) -> np.ndarray:
         """Rows of many keys at once (0 where unknown), as an int64 array."""
         ent = self._entities[entity]
         kt = ent.key_type
+        if set(map(type, keys)) - {kt}:  # one C-speed pass; the slow path only on mismatch
+            keys = [k if type(k) is kt else _coerce_key(entity, k, kt) for k in keys]
         get = ent.rows.get
-        out = np.fromiter((get(k, 0) for k in keys), dtype=np.int64, count=len(keys))
-        if not all(type(k) is kt for k in keys):
-            bad = next(k for k in keys if type(k) is not kt)
-            _bad_key(entity, bad, kt)
-        return out
+        return np.fromiter((get(k, 0) for k in keys), dtype=np.int64, count=len(keys))
 
     def read(self, view: str, key: Any) -> np.ndarray:
         """One entity's row of ``view`` in the declared dtypes (the defaults when unknown)."""
@@ -178,9 +177,7 @@ class InMemoryOnlineStore:
         assert entity is not None
         n_fields = len(t.view.spec.fields)
         kt = self._entities[entity].key_type
-        for k in keys:
-            if type(k) is not kt:
-                _bad_key(entity, k, kt)
+        keys = [k if type(k) is kt else _coerce_key(entity, k, kt) for k in keys]
         structured = values.dtype.names is not None
         if (structured and values.shape != (len(keys),)) or (
             not structured and values.shape != (len(keys), n_fields)
@@ -205,7 +202,7 @@ class InMemoryOnlineStore:
     def _ensure_row(self, entity: str, key: Any) -> int:
         ent = self._entities[entity]
         if type(key) is not ent.key_type:
-            _bad_key(entity, key, ent.key_type)
+            key = _coerce_key(entity, key, ent.key_type)
         i = ent.rows.get(key)
         if i is None:
             i = len(ent.rows) + 1  # row 0 is the defaults row
@@ -225,7 +222,13 @@ class InMemoryOnlineStore:
         }
 
 
-def _bad_key(entity: str, key: Any, expected: type) -> None:
+def _coerce_key(entity: str, key: Any, expected: type) -> Any:
+    if expected is int and isinstance(key, np.integer):
+        return int(key)
+    _bad_key(entity, key, expected)
+
+
+def _bad_key(entity: str, key: Any, expected: type) -> NoReturn:
     raise ValidationError(
         f"entity {entity!r} keys are {expected.__name__}, got {type(key).__name__} {key!r}",
         field=f"keys.{entity}",
