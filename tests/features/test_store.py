@@ -123,7 +123,7 @@ def test_int64_entity_rejects_keys_of_other_types(store: InMemoryOnlineStore, ke
 def test_int64_entity_takes_numpy_integers_as_the_same_keys(store: InMemoryOnlineStore) -> None:
     store.write("shop_stats", np.int64(7), [4.5])
     assert store.row("shop", 7) == store.row("shop", np.int32(7)) != 0
-    assert store.rows("shop", np.array([7, 8]).tolist() + [np.int64(7)]).tolist() == [
+    assert store.rows("shop", [np.int64(7), 8, np.int64(7)]).tolist() == [
         store.row("shop", 7), 0, store.row("shop", 7)
     ]
     assert store.keys("shop") == [7]
