@@ -102,13 +102,14 @@ def summarize(r: DemoResult) -> dict[str, Any]:
 def format_table(s: dict[str, Any]) -> str:
     """The summary as the text table the demo prints."""
     lines = []
-    head = f"{'stage':<26}{'p50':>9}{'p99':>9}{'p99.9':>9}{'p99.99':>9}{'max':>10}{'budget':>9}"
+    head = f"{'stage':<26}{'p50':>9}{'p99':>9}{'p99.9':>9}{'p99.99':>9}{'max':>10}{'budget':>9}  p99 ok"
     lines.append(head + "   (µs)")
     lines.append("-" * len(head))
     for name, row in s["stages"].items():
         b = row.get("budget_us")
+        ok = "" if b is None else ("yes" if row["p99_us"] <= b else "NO")
         lines.append(f"{name:<26}{row['p50_us']:>9.1f}{row['p99_us']:>9.1f}{row['p999_us']:>9.1f}"
-                     f"{row['p9999_us']:>9.1f}{row['max_us']:>10.1f}{(b or 0):>9.0f}")
+                     f"{row['p9999_us']:>9.1f}{row['max_us']:>10.1f}{(b or 0):>9.0f}  {ok:>6}")
     for label, key in (("client service time", "service_time_client"),
                        ("response (from intended)", "response_from_intended")):
         row = s[key]
