@@ -71,6 +71,17 @@ def _slow_estimate(rung, ns: int = 5 * MS) -> None:
 X = np.ones((1, 2), dtype=np.float32)
 
 
+def _requested(cost_ns: int, **prober_kw: object) -> tuple[FakeClock, _Timed, tuple, Prober]:
+    """A model estimated slow (5 ms) whose runs cost ``cost_ns``, with one probe requested."""
+    clock = FakeClock()
+    runtime = _Timed(clock, cost_ns)
+    rungs = _rungs(runtime)
+    _slow_estimate(rungs[0])
+    p = Prober(rungs, clock.now_ns, 50 * MS, background=False, **prober_kw)  # type: ignore[arg-type]
+    p.request(rungs[0], X, last_observed_ns=0)
+    return clock, runtime, rungs, p
+
+
 def test_no_probe_before_the_interval() -> None:
     clock = FakeClock()
     rungs = _rungs(_Timed(clock, 1000))
@@ -90,12 +101,7 @@ def test_due_probe_copies_the_input() -> None:
 
 
 def test_owner_probe_of_a_recovered_model_reseeds_its_estimate() -> None:
-    clock = FakeClock()
-    runtime = _Timed(clock, 2000)
-    rungs = _rungs(runtime)
-    _slow_estimate(rungs[0])
-    p = Prober(rungs, clock.now_ns, 50 * MS, background=False)
-    p.request(rungs[0], X, last_observed_ns=0)
+    clock, _, rungs, p = _requested(2000)
     last, failed = [0, 0], [0, 0]
     assert p.run_pending(None, last, failed) == 1
     st = rungs[0].model.service_time
@@ -105,12 +111,7 @@ def test_owner_probe_of_a_recovered_model_reseeds_its_estimate() -> None:
 
 
 def test_owner_probe_waits_when_the_model_does_not_fit_the_idle_budget() -> None:
-    clock = FakeClock()
-    runtime = _Timed(clock, 2000)
-    rungs = _rungs(runtime)
-    _slow_estimate(rungs[0])
-    p = Prober(rungs, clock.now_ns, 50 * MS, background=False)
-    p.request(rungs[0], X, last_observed_ns=0)
+    _, runtime, _, p = _requested(2000)
     assert p.run_pending(1 * MS, [0, 0], [0, 0]) == 0  # mean 5 ms > 1 ms of idle time
     assert runtime.calls == 0
     assert 0 in p.pending
@@ -143,12 +144,7 @@ def test_background_probe_runs_on_a_clone_and_is_folded_by_the_owner() -> None:
 
 
 def test_an_overdue_owner_probe_runs_even_without_idle_budget() -> None:
-    clock = FakeClock()
-    runtime = _Timed(clock, 2000)
-    rungs = _rungs(runtime)
-    _slow_estimate(rungs[0])
-    p = Prober(rungs, clock.now_ns, 50 * MS, background=False, overdue_ns=1000 * MS)
-    p.request(rungs[0], X, last_observed_ns=0)
+    clock, runtime, _, p = _requested(2000, overdue_ns=1000 * MS)
     clock.advance(ns=999 * MS)
     assert p.run_pending(1 * MS, [0, 0], [0, 0]) == 0
     clock.advance(ns=1 * MS)
