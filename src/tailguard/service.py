@@ -60,6 +60,7 @@ class Service:
         if budget_s is None:
             n = self.engine.run_side_path()
             return n + (self.latency.drain() if self.latency is not None else 0)
+        # The real clock, not the injected one: this bounds real CPU time spent in an idle gap.
         end = time.perf_counter_ns() + int(budget_s * 1e9)
         n = self.engine.run_side_path(end - time.perf_counter_ns())
         if self.latency is not None:
