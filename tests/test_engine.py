@@ -564,3 +564,47 @@ def test_statistics_count_answers_per_rung(service: Service, engine: Engine) -> 
     rungs = engine.statistics()["rungs"]
     assert [rungs[r]["answered"] for r in ("primary", "fast", "last_good", "default")] == [1, 1, 0, 0]
     assert rungs["primary"]["failed"] == 1
+
+
+# -- scheduler hooks: absolute deadlines and degraded starts -----------------------------------------
+def test_start_rung_skips_the_rungs_above_it(service: Service, engine: Engine) -> None:
+    feed(service, "a")
+    d = engine.predict("a", CTX, start_rung=1)
+    assert (d.rung, bool(d.flag & Flag.DEGRADED), engine.answered[0]) == ("fast", True, 0)
+
+
+def test_start_rung_at_the_default_answers_the_default(service: Service, engine: Engine) -> None:
+    d = engine.predict("a", CTX, start_rung=len(engine.rungs) - 1)
+    assert (d.rung, d.output("p")) == ("default", DEFAULT_P)
+
+
+def test_batch_start_rung_answers_every_row_from_that_rung(service: Service, engine: Engine) -> None:
+    d = engine.predict_batch(["a", "b"], CTX, start_rung=1)
+    assert d.rungs.tolist() == [1, 1] and (d.flags & Flag.DEGRADED).all()
+
+
+def test_batch_start_rung_below_the_models_walks_the_rest_of_the_ladder(
+    service: Service, engine: Engine
+) -> None:
+    d = engine.predict_batch(["a", "b"], CTX, start_rung=2)  # last_good: nothing cached yet
+    assert [d.rung_names[i] for i in d.rungs.tolist()] == ["default", "default"]
+
+
+def test_an_absolute_deadline_counts_time_spent_before_the_call(
+    service: Service, engine: Engine, clock: FakeClock
+) -> None:
+    teach(service, "primary", 100 * US)
+    teach(service, "fast", 1 * US)
+    deadline = clock.now_ns() + 50 * US  # the class budget would fit the primary; this does not
+    assert engine.predict("a", CTX, deadline_ns=deadline).rung == "fast"
+
+
+def test_a_deadline_already_passed_is_flagged_missed(service: Service, engine: Engine, clock: FakeClock) -> None:
+    d = engine.predict("a", CTX, deadline_ns=clock.now_ns() - 1)
+    assert bool(d.flag & Flag.DEADLINE_MISSED)
+
+
+def test_expected_ns_is_the_models_estimate_and_zero_for_other_rungs(service: Service, engine: Engine) -> None:
+    teach(service, "primary", 100 * US)
+    assert engine.expected_ns(0, 1) == int(service.models["primary"].service_time.expected_ns(1))
+    assert engine.expected_ns(len(engine.rungs) - 1, 64) == 0

@@ -32,6 +32,7 @@ class Flag(enum.IntFlag):
     FALLBACK = 4  # answered by a rung below the first
     DEADLINE_MISSED = 8  # the reply was formed after the request's deadline
     MODEL_FAILED = 16  # a model rung raised or produced non-finite outputs
+    DEGRADED = 32  # the scheduler started the request below the first rung (predicted late)
 
 
 class Decision(msgspec.Struct, gc=False):

@@ -41,6 +41,7 @@ _MISSED = int(Flag.DEADLINE_MISSED)
 _FAILED = int(Flag.MODEL_FAILED)
 _UNKNOWN = int(Flag.UNKNOWN_ENTITY)
 _STALE = int(Flag.STALE_FEATURE)
+_DEGRADED = int(Flag.DEGRADED)
 _MODEL, _LAST_GOOD, _DEFAULT = RungKind.MODEL, RungKind.LAST_GOOD, RungKind.DEFAULT
 
 
@@ -83,6 +84,8 @@ class Engine:
         self.output_names = output_names
         self._k1 = len(output_names) == 1
         self.rung_names = tuple(r.name for r in self.rungs)
+        # The ladder from each rung down, made once (a degraded request starts lower).
+        self._rungs_from = tuple(self.rungs[i:] for i in range(len(self.rungs)))
         self._priorities = {p.name: (p.name, round(p.budget * 1e9)) for p in priorities}
         self._default_priority = self._priorities[default_priority]
         self._entities = assembler.entities
@@ -221,9 +224,15 @@ class Engine:
         *,
         priority: str | None = None,
         budget_s: float | None = None,
+        deadline_ns: int | None = None,
+        start_rung: int = 0,
     ) -> Decision:
         """Decide for one entity.  ``keys`` is the entity key (or {entity: key} when the
-        service has several entities); ``budget_s`` may shorten the class budget."""
+        service has several entities); ``budget_s`` may shorten the class budget.
+
+        A scheduler passes ``deadline_ns`` (absolute, on the engine's clock: the request's
+        arrival plus its budget, so time spent queued counts) and ``start_rung`` (skip the
+        rungs above it: admission predicted they cannot finish in time; flagged DEGRADED)."""
         now = self._now
         t0 = now()
         k1 = self._k1
@@ -245,11 +254,15 @@ class Engine:
             self.invalid += 1
             raise
         t2 = now()
-        deadline = t0 + budget_ns
+        deadline = t0 + budget_ns if deadline_ns is None else deadline_ns
         out: np.ndarray | None = None
         version = ""
-        rung = self.rungs[0]
-        for rung in self.rungs:
+        rungs = self.rungs
+        if start_rung:
+            rungs = self._rungs_from[start_rung]
+            flags |= _DEGRADED
+        rung = rungs[0]
+        for rung in rungs:
             kind = rung.kind
             if kind is _MODEL:
                 y = self._run_model(rung, self._wide1, 1, deadline)
@@ -302,10 +315,13 @@ class Engine:
         *,
         priority: str | None = None,
         budget_s: float | None = None,
+        deadline_ns: int | None = None,
+        start_rung: int = 0,
     ) -> BatchDecision:
         """Decide for N entities at once.  ``keys`` is a sequence of entity keys (or a
         mapping entity -> sequence or scalar, scalars broadcast); context values are
-        scalars (shared) or arrays of shape (N,)."""
+        scalars (shared) or arrays of shape (N,).  ``deadline_ns`` and ``start_rung`` as in
+        ``predict``."""
         now = self._now
         t0 = now()
         try:
@@ -323,23 +339,28 @@ class Engine:
             self.invalid += 1
             raise
         t2 = now()
-        deadline = t0 + budget_ns
+        deadline = t0 + budget_ns if deadline_ns is None else deadline_ns
         primary_rows = rows[:, 0]
         wide = self._wide[:n]
-        first = self.rungs[0]
-        y = self._run_model(first, wide, n, deadline)
+        first = self.rungs[start_rung]
+        if start_rung:
+            flags |= _DEGRADED
+        if first.kind is _MODEL:
+            y = self._run_model(first, wide, n, deadline)
+        else:
+            y, self._model_failed = None, False
         if y is not None and np.isfinite(y).all():
             # Fast path: the first rung answered every row (the common case, no masks).
             out = y.copy()
-            rung_of = np.zeros(n, dtype=np.int8)
+            rung_of = np.full(n, start_rung, dtype=np.int8)
             version = first.label
-            self._last_good.put_many(primary_rows, out, self._last_observed[0])
+            self._last_good.put_many(primary_rows, out, self._last_observed[start_rung])
             t3 = now()
-            self.answered[0] += n
+            self.answered[start_rung] += n
         else:
             if self._model_failed:
                 flags |= _FAILED
-            out, rung_of, version = self._ladder_many(y, primary_rows, flags, n, deadline)
+            out, rung_of, version = self._ladder_many(y, primary_rows, flags, n, deadline, start_rung)
             t3 = now()
             flags[rung_of > 0] |= _FALLBACK
             counts = np.bincount(rung_of, minlength=len(self.rungs))
@@ -362,20 +383,27 @@ class Engine:
         return d
 
     def _ladder_many(
-        self, y0: np.ndarray | None, primary_rows: np.ndarray, flags: np.ndarray, n: int, deadline: int
+        self,
+        y0: np.ndarray | None,
+        primary_rows: np.ndarray,
+        flags: np.ndarray,
+        n: int,
+        deadline: int,
+        start: int = 0,
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        """The general batch ladder, row by row masks: ``y0`` is the first rung's answer
-        (None if it gave none).  Returns outputs, rung index per row and the model label."""
+        """The general batch ladder, row by row masks, from rung ``start``: ``y0`` is that
+        rung's answer (None if it gave none).  Returns outputs, rung index per row and the
+        model label."""
         now = self._now
         out = np.empty((n, len(self.output_names)), dtype=np.float64)
         rung_of = np.full(n, -1, dtype=np.int8)
         pending = np.ones(n, dtype=bool)
         version = ""
-        for rung in self.rungs:
+        for rung in self._rungs_from[start]:
             if rung.kind is _MODEL:
-                y = y0 if rung.index == 0 else self._run_model(rung, self._wide[:n], n, deadline)
+                y = y0 if rung.index == start else self._run_model(rung, self._wide[:n], n, deadline)
                 if y is None:
-                    if rung.index and self._model_failed:
+                    if rung.index != start and self._model_failed:
                         flags[pending] |= _FAILED
                     continue
                 te = self._last_observed[rung.index]
@@ -452,6 +480,12 @@ class Engine:
         st.observe(n, te - ts)
         self._last_observed[rung.index] = te
         return y
+
+    def expected_ns(self, rung_index: int, n: int) -> int:
+        """The expected inference time of rung ``rung_index`` for a batch of ``n`` rows
+        (the model's learned estimate; 0 for rungs that are not models)."""
+        m = self.rungs[rung_index].model
+        return 0 if m is None else int(m.service_time.expected_ns(n))
 
     def _reserve_ns(self, rung: Rung, n: int) -> int:
         reserve = self._delivery_reserve_ns
