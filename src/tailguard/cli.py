@@ -93,6 +93,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from tailguard.serve.app import ServeConfig
+    from tailguard.serve.workers import serve
+
+    tcp, unix, http = args.tcp, args.unix, args.http
+    if not (tcp or unix or http):
+        tcp, http = "127.0.0.1:7470", "127.0.0.1:8470"
+    config = ServeConfig(
+        tcp=tcp,
+        unix=unix,
+        http=http,
+        workers=args.workers,
+        max_frame=args.max_frame,
+        handshake_timeout_s=args.handshake_timeout,
+        drain_timeout_s=args.drain_timeout,
+        busy_poll=args.busy_poll,
+        reuseport=args.reuseport,
+    )
+    return serve(args.service_dir, config, args.ready_file)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tailguard", description="deadline-aware online inference")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -114,6 +135,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--priority")
     p.add_argument("--budget-us", type=float)
     p.set_defaults(fn=_predict)
+    s = sub.add_parser("serve", help="serve a service over the binary protocol (TCP/Unix) and HTTP (OIP v2)")
+    s.add_argument("service_dir")
+    s.add_argument("--tcp", metavar="HOST:PORT", help="binary protocol over TCP (port 0: any free port)")
+    s.add_argument("--unix", metavar="PATH", help="binary protocol over a Unix socket")
+    s.add_argument("--http", metavar="HOST:PORT", help="Open Inference Protocol v2 over HTTP, and /metrics")
+    s.add_argument("--workers", type=int, default=1, help="serving processes (default 1)")
+    s.add_argument("--busy-poll", action="store_true",
+                   help="spin on the sockets instead of sleeping in epoll (costs one core per worker)")
+    s.add_argument("--reuseport", action="store_true",
+                   help="one SO_REUSEPORT socket per worker instead of one shared accept queue")
+    s.add_argument("--max-frame", type=int, default=1 << 20, help="largest frame or HTTP body in bytes")
+    s.add_argument("--handshake-timeout", type=float, default=10.0,
+                   help="seconds a new connection has to say Hello")
+    s.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for accepted requests to finish")
+    s.add_argument("--ready-file", help="write the bound addresses here (JSON) once serving")
+    s.set_defaults(fn=_serve)
+    try:
+        from tailguard.bench.cli import register
+    except ImportError:  # pragma: no cover - the load generator module is part of the package
+        pass
+    else:
+        register(sub)
     return ap
 
 

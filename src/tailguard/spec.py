@@ -31,10 +31,13 @@ __all__ = [
     "FeatureViewSpec",
     "FieldSpec",
     "ModelSpec",
+    "OnTimeout",
     "PriorityClass",
+    "RateLimitSpec",
     "RungKind",
     "RungSpec",
     "ServiceSpec",
+    "ServingSpec",
     "ViewSource",
     "load_spec",
     "parse_spec",
@@ -100,6 +103,13 @@ class RungKind(enum.Enum):
     DEFAULT = "default"
 
 
+class OnTimeout(enum.Enum):
+    """A priority class's answer to a request predicted to miss its deadline."""
+
+    DEGRADE = "degrade"
+    REJECT = "reject"
+
+
 class EntitySpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The thing features are about (instrument, player, user, item)."""
 
@@ -157,6 +167,35 @@ class PriorityClass(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True
     name: Name
     level: Annotated[int, msgspec.Meta(ge=1, le=16)]
     budget: Duration
+    #: Server queue policy: most requests of this class waiting at once.
+    max_queue_size: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    #: What the server does with a request predicted to miss its deadline: answer from a
+    #: cheaper ladder rung ("degrade") or refuse it with a retry-after ("reject").
+    on_timeout: OnTimeout = OnTimeout.DEGRADE
+
+
+class RateLimitSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A token bucket per client id: ``rate`` requests per second, bursts of ``burst``."""
+
+    rate: Annotated[float, msgspec.Meta(gt=0)]
+    burst: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ServingSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How ``tailguard serve`` schedules requests (Triton's vocabulary where it has a word)."""
+
+    #: Largest micro-batch of single-entity requests scored together.
+    max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64
+    #: How long a batch may wait to grow; 0 never waits (a batch forms from what queued
+    #: while the previous one ran).
+    max_queue_delay: Duration = Duration(0.0)
+    #: A lower class whose oldest request has waited this long is served next, at most one
+    #: batch per interval, so strict priority cannot starve it.
+    starvation_guard: Duration = Duration(5e-3)
+    #: Requests queued over all classes; above it the lowest class is shed first.
+    max_total_queued: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    #: Per-client rate limit (None: none).
+    rate_limit: RateLimitSpec | None = None
 
 
 class Budgets(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -197,6 +236,7 @@ class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     default_priority: Name = "normal"
     budgets: Budgets = Budgets()
     ladder: tuple[RungSpec, ...]
+    serving: ServingSpec = ServingSpec()
 
     def view(self, name: str) -> FeatureViewSpec:
         """The feature view named ``name`` (KeyError if none)."""

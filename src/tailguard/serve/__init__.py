@@ -1,0 +1,1 @@
+"""``tailguard serve``: the binary protocol and HTTP over one deadline-aware scheduler."""

@@ -1,0 +1,195 @@
+"""One serving process: the loaded service, its dispatcher and its listeners, with a lifecycle.
+
+States (``State``): STARTING (loading, not listening) -> READY (serving) -> DRAINING (no new
+work: listeners closed, new requests answered DRAINING, queued and running requests finish)
+-> STOPPED.  ``live`` is true from READY until STOPPED; ``ready`` only in READY.
+
+The side path (model probes, histogram aggregation) runs on a timer in the loop, bounded per
+tick, so skipped models recover without a request paying for the probe.
+
+Owner: the event loop thread; ``begin_drain`` is what the SIGTERM handler calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tailguard import __version__
+from tailguard.clock import Clock
+from tailguard.scheduler import CostModel, Scheduler
+from tailguard.schema.frames import DEFAULT_MAX_FRAME
+from tailguard.schema.wire import Welcome
+from tailguard.serve.config import scheduler_config
+from tailguard.serve.dispatch import Dispatcher, Payload
+from tailguard.service import Service
+
+__all__ = ["App", "ServeConfig", "State"]
+
+
+class State(enum.Enum):
+    """A serving process's lifecycle state (the value is what health endpoints report)."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Transport settings of ``tailguard serve`` (scheduling lives in the service spec)."""
+
+    tcp: str | None = None
+    unix: str | None = None
+    http: str | None = None
+    workers: int = 1
+    max_frame: int = DEFAULT_MAX_FRAME
+    handshake_timeout_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    busy_poll: bool = False
+    side_path_interval_s: float = 0.01
+    side_path_budget_s: float = 200e-6
+    reuseport: bool = False
+    backlog: int = 4096
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class App:
+    """A service served on one event loop."""
+
+    def __init__(self, service: Service, config: ServeConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.service = service
+        self.config = config
+        self.loop = loop
+        self.clock: Clock = service.engine.clock
+        engine = service.engine
+        sconf = scheduler_config(service.spec, engine)
+        self.scheduler: Scheduler[Payload] = Scheduler(sconf, CostModel(sconf.n_rungs, engine.expected_ns))
+        self.dispatcher = Dispatcher(service, self.scheduler, loop)
+        self.state = State.STARTING
+        self.connections: set[Any] = set()
+        self._servers: list[asyncio.Server] = []
+        self._stopped = asyncio.Event()
+        self._side_timer: asyncio.TimerHandle | None = None
+        self.metrics_registry: Any = None  # made by serve.metrics on the first scrape
+        self.welcome = Welcome(
+            1,
+            f"tailguard/{__version__}",
+            service.spec.name,
+            config.max_frame,
+            os.getpid(),
+            list(engine.assembler.entities),
+            list(engine.assembler.context_fields),
+            list(engine.output_names),
+            list(engine.rung_names),
+            [c.name for c in sconf.classes],
+            self.dispatcher.primary_version,
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Serving new requests."""
+        return self.state is State.READY
+
+    @property
+    def live(self) -> bool:
+        """The process is up and its loop turns (READY or DRAINING)."""
+        return self.state in (State.READY, State.DRAINING)
+
+    @property
+    def draining(self) -> bool:
+        """Finishing accepted work, taking no new work."""
+        return self.state is State.DRAINING
+
+    # -- start -----------------------------------------------------------------------------
+    async def start(self, listeners: Sequence[tuple[str, socket.socket]]) -> None:
+        """Serve on already bound sockets: ``("tcp"|"unix", sock)`` for the binary protocol,
+        ``("http", sock)`` for HTTP."""
+        from tailguard.serve.tcp import BinaryConnection
+
+        for kind, sock in listeners:
+            if kind in ("tcp", "unix"):
+                server = await self.loop.create_server(
+                    lambda: BinaryConnection(self), sock=sock, backlog=self.config.backlog
+                )
+            elif kind == "http":
+                from tailguard.serve.http import HttpConnection
+
+                server = await self.loop.create_server(
+                    lambda: HttpConnection(self), sock=sock, backlog=self.config.backlog
+                )
+            else:
+                raise ValueError(f"unknown listener kind {kind!r}")
+            self._servers.append(server)
+        self.state = State.READY
+        self._schedule_side_path()
+
+    def _schedule_side_path(self) -> None:
+        self._side_timer = self.loop.call_later(self.config.side_path_interval_s, self._side_path)
+
+    def _side_path(self) -> None:
+        if self.state is State.STOPPED:
+            return
+        try:
+            self.service.run_side_path(self.config.side_path_budget_s)
+        finally:
+            self._schedule_side_path()
+
+    # -- drain and stop --------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Stop taking work; finish what was accepted; then stop (SIGTERM handler)."""
+        if self.state is not State.READY:
+            return
+        self.state = State.DRAINING
+        self.dispatcher.start_draining()
+        for server in self._servers:
+            server.close()  # stop accepting; open connections stay
+        for conn in list(self.connections):
+            notice = getattr(conn, "notice", None)
+            if notice is not None:
+                notice("draining")
+        self.loop.create_task(self._finish_drain())
+
+    async def _finish_drain(self) -> None:
+        deadline = self.loop.time() + self.config.drain_timeout_s
+        while not self.dispatcher.idle and self.loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        self.dispatcher.flush()
+        await asyncio.sleep(0)  # let the last writes reach the transports
+        self.stop()
+
+    def stop(self) -> None:
+        """Close every listener and connection now."""
+        if self.state is State.STOPPED:
+            return
+        self.state = State.STOPPED
+        if self._side_timer is not None:
+            self._side_timer.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            t = getattr(conn, "transport", None)
+            if t is not None:
+                t.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once the app has stopped."""
+        await self._stopped.wait()
+
+    # -- observability ---------------------------------------------------------------------
+    def statistics(self) -> dict[str, Any]:
+        """State, connections, dispatcher/scheduler counters and engine counters."""
+        return {
+            "state": self.state.value,
+            "connections": len(self.connections),
+            "dispatcher": self.dispatcher.statistics(),
+            "engine": self.service.engine.statistics(),
+        }

@@ -1,0 +1,136 @@
+"""``/metrics``: the serving process's counters in Prometheus text format.
+
+Nothing is recorded for Prometheus on the reply path: the dispatcher, scheduler and engine
+keep plain integer counters, and a custom ``prometheus_client`` collector reads them when
+``/metrics`` is scraped (the exposition format comes from the library).  Stage latencies are
+exported as quantile gauges from the engine's HDR histograms (aggregated at scrape time, off
+the reply path).
+
+One process, one view: with ``--workers N`` each scrape reports the worker that answered it
+(its ``worker`` label says which).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tailguard.serve.app import App
+
+__all__ = ["render"]
+
+_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _collector(app: App) -> Any:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class AppCollector:
+        def collect(self) -> Iterator[Any]:
+            w = str(os.getpid())
+            stats = app.statistics()
+            d = stats["dispatcher"]
+            e = stats["engine"]
+            info = GaugeMetricFamily("tailguard_info", "Served service and active primary model version.",
+                                     labels=["service", "model_version", "worker"])
+            info.add_metric([app.welcome.service, app.welcome.model_version, w], 1)
+            yield info
+            state = GaugeMetricFamily("tailguard_state", "Lifecycle state (1 for the current one).",
+                                      labels=["state", "worker"])
+            for s in ("starting", "ready", "draining", "stopped"):
+                state.add_metric([s, w], 1 if stats["state"] == s else 0)
+            yield state
+            yield _gauge("tailguard_connections", "Open client connections.", stats["connections"], w)
+            yield _gauge("tailguard_in_flight", "Requests admitted and not yet answered.", d["in_flight"], w)
+            for name, key, doc in (
+                ("tailguard_requests", "submitted", "Requests received by the dispatcher."),
+                ("tailguard_answered", "answered", "Requests answered with a decision."),
+                ("tailguard_late", "late", "Decisions delivered after their deadline."),
+                ("tailguard_abandoned", "abandoned", "Requests whose client left before the reply."),
+            ):
+                c = CounterMetricFamily(name, doc, labels=["worker"])
+                c.add_metric([w], d[key])
+                yield c
+            errors = CounterMetricFamily("tailguard_errors", "Non-OK replies by status code.",
+                                         labels=["code", "worker"])
+            for code, n in sorted(d["errors"].items()):
+                errors.add_metric([code, w], n)
+            yield errors
+            yield from _scheduler_families(d["scheduler"], w)
+            rungs = CounterMetricFamily("tailguard_rung", "Ladder outcomes per rung.",
+                                        labels=["rung", "outcome", "worker"])
+            for rung, r in e["rungs"].items():
+                for outcome in ("answered", "skipped_budget", "failed", "timed_out"):
+                    rungs.add_metric([rung, outcome, w], r[outcome])
+            yield rungs
+            lat = GaugeMetricFamily("tailguard_stage_latency_seconds",
+                                    "Engine stage latency quantiles since start.",
+                                    labels=["stage", "quantile", "worker"])
+            for stage, s in app.service.latency_snapshot().items():
+                if not isinstance(s, dict):
+                    continue
+                for q, key in (("0.5", "p50_us"), ("0.99", "p99_us"), ("0.999", "p999_us"),
+                               ("0.9999", "p9999_us")):
+                    if key in s:
+                        lat.add_metric([stage, q, w], s[key] / 1e6)
+            yield lat
+
+    return AppCollector()
+
+
+def _gauge(name: str, doc: str, value: float, worker: str) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    g = GaugeMetricFamily(name, doc, labels=["worker"])
+    g.add_metric([worker], value)
+    return g
+
+
+def _scheduler_families(s: dict[str, Any], worker: str) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    depth = GaugeMetricFamily("tailguard_queue_depth", "Requests waiting per priority class.",
+                              labels=["class", "worker"])
+    for cls, n in s.get("queued", {}).items():
+        depth.add_metric([cls, worker], n)
+    yield depth
+    events = CounterMetricFamily(
+        "tailguard_scheduler_events", "Rejects, sheds and degrades by reason and class.",
+        labels=["outcome", "reason", "class", "worker"],
+    )
+    for outcome in ("rejected", "shed", "degraded"):
+        for reason, per_class in s.get(outcome, {}).items():
+            for cls, n in per_class.items():
+                events.add_metric([outcome, reason, cls, worker], n)
+    yield events
+    admitted = CounterMetricFamily("tailguard_admitted", "Requests admitted by the scheduler.",
+                                   labels=["class", "worker"])
+    for cls, n in s.get("admitted", {}).items():
+        admitted.add_metric([cls, worker], n)
+    yield admitted
+    for name, key, doc in (
+        ("tailguard_batches", "batches", "Micro-batches run."),
+        ("tailguard_starvation_guard", "starvation_guard",
+         "Times a lower class was served ahead of a higher one by the starvation guard."),
+    ):
+        if key in s:
+            c = CounterMetricFamily(name, doc, labels=["worker"])
+            c.add_metric([worker], s[key])
+            yield c
+
+
+def render(app: App) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``app`` (body, content type)."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+    except ImportError as exc:
+        raise ImportError("/metrics needs prometheus-client: pip install 'tailguard[serve]'") from exc
+
+    registry = app.metrics_registry
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_collector(app))
+        app.metrics_registry = registry
+    return generate_latest(registry), _CONTENT_TYPE
