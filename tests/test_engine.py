@@ -599,12 +599,12 @@ def test_an_absolute_deadline_counts_time_spent_before_the_call(
     assert engine.predict("a", CTX, deadline_ns=deadline).rung == "fast"
 
 
-def test_a_deadline_already_passed_is_flagged_missed(service: Service, engine: Engine, clock: FakeClock) -> None:
+def test_a_deadline_already_passed_is_flagged_missed(engine: Engine, clock: FakeClock) -> None:
     d = engine.predict("a", CTX, deadline_ns=clock.now_ns() - 1)
     assert bool(d.flag & Flag.DEADLINE_MISSED)
 
 
-def test_expected_ns_is_the_models_estimate_and_zero_for_other_rungs(service: Service, engine: Engine) -> None:
+def test_expected_ns_is_the_models_estimate_and_zero_elsewhere(service: Service, engine: Engine) -> None:
     teach(service, "primary", 100 * US)
     assert engine.expected_ns(0, 1) == int(service.models["primary"].service_time.expected_ns(1))
     assert engine.expected_ns(len(engine.rungs) - 1, 64) == 0

@@ -54,7 +54,7 @@ def test_a_request_gets_a_decision_from_the_primary(client: RawClient) -> None:
 
 def test_the_reply_carries_server_stage_timings(client: RawClient) -> None:
     r = client.request(1, "a", context=CTX)
-    queue, ingest, features, inference, delivery, total = r.timings_ns
+    _queue, ingest, features, inference, delivery, total = r.timings_ns
     assert total >= ingest + features + inference + delivery and min(r.timings_ns) >= 0
 
 

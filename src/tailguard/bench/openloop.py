@@ -11,12 +11,13 @@ sleep overshot by up to 3.7 ms, while spinning kept the worst lateness under 0.8
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Pacer", "fixed_rate", "poisson_arrivals"]
+__all__ = ["ArrivalSchedule", "Pacer", "fixed_rate", "poisson_arrivals"]
 
 
 def fixed_rate(start_ns: int, rate_hz: float, n: int) -> np.ndarray:
@@ -31,6 +32,60 @@ def poisson_arrivals(start_ns: int, rate_hz: float, duration_s: float, seed: int
     gaps = rng.exponential(1e9 / rate_hz, n)
     t = start_ns + np.cumsum(gaps).astype(np.int64)
     return t[t < start_ns + int(duration_s * 1e9)]
+
+
+class ArrivalSchedule:
+    """Intended send times of an open-loop run, made a chunk at a time (long runs at high rates
+    would not fit in memory at once).
+
+    Fixed rate: request ``i`` is due at ``start_ns + round(i * 1e9 / rate_hz)``, so rounding never
+    accumulates.  Poisson: exponential gaps of mean ``1 / rate_hz`` from a seeded generator, the
+    cumulative sum carried from chunk to chunk.  Times at or past ``start_ns + duration_s`` are not
+    made.  Pure arithmetic (no clock): tests check it exactly.
+    """
+
+    def __init__(self, start_ns: int, rate_hz: float, duration_s: float, *, poisson: bool = False,
+                 seed: int = 0) -> None:
+        if not rate_hz > 0:
+            raise ValueError(f"rate must be positive, got {rate_hz}")
+        if not duration_s > 0:
+            raise ValueError(f"duration must be positive, got {duration_s}")
+        self.start_ns = start_ns
+        self.rate_hz = float(rate_hz)
+        self.poisson = poisson
+        self.end_ns = start_ns + int(round(duration_s * 1e9))
+        self._period_ns = 1e9 / self.rate_hz
+        self._i = 0  # fixed rate: index of the next request
+        self._t = float(start_ns)  # poisson: time of the last arrival made
+        self._rng = np.random.default_rng(seed)
+        self.done = False
+
+    @property
+    def expected(self) -> int:
+        """Requests a fixed-rate schedule makes in all (the mean for Poisson)."""
+        return max(0, math.ceil((self.end_ns - self.start_ns) / self._period_ns))
+
+    def next_chunk(self, max_n: int = 65536) -> np.ndarray:
+        """Up to ``max_n`` further intended times (int64 ns, ascending); empty once done."""
+        if self.done:
+            return np.empty(0, dtype=np.int64)
+        if self.poisson:
+            gaps = self._rng.exponential(self._period_ns, max_n)
+            t = self._t + np.cumsum(gaps)
+            self._t = float(t[-1])
+            times = t.astype(np.int64)
+            # Poisson arrivals start at the first gap after start_ns, not at start_ns.
+            times = times[times < self.end_ns]
+            if len(times) < max_n:
+                self.done = True
+            return times
+        idx = self._i + np.arange(max_n, dtype=np.int64)
+        times = self.start_ns + np.round(idx * self._period_ns).astype(np.int64)
+        times = times[times < self.end_ns]
+        self._i += len(times)
+        if len(times) < max_n:
+            self.done = True
+        return times
 
 
 class Pacer:
