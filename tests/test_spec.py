@@ -339,3 +339,40 @@ def test_model_isolation_must_be_a_known_mode() -> None:
     data = spec_dict()
     data["models"][0]["isolation"] = "process"
     assert spec_error(data).path == "$.models[0].isolation"
+
+
+# -- serving ---------------------------------------------------------------------------------------
+def test_serving_table_parses_with_durations_and_rate_limit() -> None:
+    d = spec_dict()
+    d["serving"] = {"max_batch_size": 32, "max_queue_delay": "100us", "starvation_guard": "2ms",
+                    "rate_limit": {"rate": 500.0, "burst": 20}}
+    s = parse_spec(d).serving
+    assert (s.max_batch_size, s.max_queue_delay, s.starvation_guard) == (32, pytest.approx(100e-6), 2e-3)
+    assert s.rate_limit is not None and (s.rate_limit.rate, s.rate_limit.burst) == (500.0, 20)
+
+
+def test_serving_defaults_apply_without_the_table() -> None:
+    s = parse_spec(spec_dict()).serving
+    assert (s.max_batch_size, s.max_queue_delay, s.rate_limit) == (64, 0.0, None)
+
+
+def test_a_priority_class_declares_its_queue_policy() -> None:
+    d = spec_dict()
+    d["priorities"] = [
+        {"name": "hi", "level": 1, "budget": "1ms", "max_queue_size": 8, "on_timeout": "reject"},
+        {"name": "normal", "level": 2, "budget": "5ms"},
+    ]
+    hi, normal = parse_spec(d).priorities
+    assert (hi.max_queue_size, hi.on_timeout.value, normal.on_timeout.value) == (8, "reject", "degrade")
+
+
+def test_an_unknown_on_timeout_policy_names_its_path() -> None:
+    d = spec_dict()
+    d["priorities"] = [{"name": "normal", "level": 1, "budget": "1ms", "on_timeout": "drop"}]
+    assert spec_error(d).path == "$.priorities[0].on_timeout"
+
+
+def test_a_zero_max_batch_size_is_rejected() -> None:
+    d = spec_dict()
+    d["serving"] = {"max_batch_size": 0}
+    assert spec_error(d).path == "$.serving.max_batch_size"

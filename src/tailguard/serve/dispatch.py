@@ -83,7 +83,8 @@ class Dispatcher:
         self.class_names = tuple(c.name for c in scheduler.config.classes)
         self.context_fields = tuple(service.engine.assembler.context_fields)
         self.draining = False
-        self._scheduled = False
+        self._soon: asyncio.Handle | None = None
+        self._stepping = False
         self._timer: asyncio.TimerHandle | None = None
         self._dirty: list[ReplySink] = []
         self._idle_hook: Callable[[], None] | None = None
@@ -158,13 +159,21 @@ class Dispatcher:
 
     # -- execution ---------------------------------------------------------------------------
     def _wake(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._step)
+        if self._soon is None:
+            self._soon = self.loop.call_soon(self._step)
 
     def _step(self) -> None:
         """Run one batch (or hand back what the scheduler dropped), then yield to the loop."""
-        self._scheduled = False
+        self._stepping = True
+        try:
+            self._step_once()
+        finally:
+            self._stepping = False
+
+    def _step_once(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()  # this step does its work (it may be the inline one)
+            self._soon = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -362,8 +371,14 @@ class Dispatcher:
                 sink.flush()
 
     def flush(self) -> None:
-        """Send every buffered reply (transports call it after a burst of submits)."""
-        self._flush()
+        """End of a burst of submits (a transport read): run the first batch now, inline —
+        the frames of this read are all admitted, so the batch is chosen knowing them, and
+        the request skips an event-loop round trip — then send every buffered reply.  Later
+        batches run from loop callbacks, so other connections' frames are read in between."""
+        if self.scheduler.total_queued and not self._stepping:
+            self._step()
+        else:
+            self._flush()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start_draining(self) -> None:
