@@ -137,8 +137,20 @@ def run_worker(service_dir: str, config: ServeConfig, listeners: Sequence[Listen
     return 0
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (a server holds one descriptor per
+    client connection; the usual soft default of 1024 is far too low).  Returns the limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def serve(service_dir: str, config: ServeConfig, ready_file: str | None = None) -> int:
     """``tailguard serve``: one process, or a supervisor of ``config.workers`` processes."""
+    raise_fd_limit()
     listeners = bind_listeners(config)
     info: dict[str, Any] = {**addresses(listeners), "pid": os.getpid()}
     if config.workers <= 1:
@@ -259,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--listener", action="append", default=[])
     args = ap.parse_args(argv)
     _die_with_parent()
+    raise_fd_limit()
     config = ServeConfig(**json.loads(args.config))
     listeners = [_listener(s, config) for s in args.listener]
 
