@@ -89,7 +89,7 @@ def server(toy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """One server per test module: TCP, a Unix socket and HTTP on free ports."""
     sock_path = str(tmp_path_factory.mktemp("sock") / "tg.sock")
     with ServerProcess.start(
-        toy_dir, "--tcp", "127.0.0.1:0", "--unix", sock_path,
+        toy_dir, "--tcp", "127.0.0.1:0", "--unix", sock_path, "--http", "127.0.0.1:0",
         "--max-frame", "65536", "--handshake-timeout", "0.5",
     ) as proc:
         yield proc

@@ -22,7 +22,7 @@ def test_sigterm_finishes_accepted_requests_then_exits_cleanly(toy_dir: Path) ->
     with ServerProcess.start(toy_dir, "--tcp", "127.0.0.1:0") as proc:
         assert proc.tcp is not None
         c = RawClient(proc.tcp)
-        n = 800  # under the class queue bound (1024)
+        n = 400  # under the class queue bound (1024)
         c.send_raw(b"".join(encode_frame(ENC, Request(i, f"k{i}", CTX, priority="bulk"))
                             for i in range(n)))
         proc.terminate()
@@ -35,9 +35,11 @@ def test_sigterm_finishes_accepted_requests_then_exits_cleanly(toy_dir: Path) ->
                 replies.append(m)
         assert proc.wait(30) == 0
     assert sorted(r.id for r in replies) == list(range(n))
-    # Every accepted request was answered: with a decision, or (if it arrived after the
-    # drain began) with DRAINING so the client retries elsewhere.  None is lost.
-    assert {r.status for r in replies} <= {Status.OK, Status.DRAINING}
+    # Every accepted request was answered: with a decision, with DRAINING if it arrived after
+    # the drain began (the client retries elsewhere), or with EXPIRED if a loaded machine
+    # kept it queued past its deadline.  None is lost.
+    assert {r.status for r in replies} <= {Status.OK, Status.DRAINING, Status.EXPIRED}
+    assert Status.OK in {r.status for r in replies}
     assert notices <= 1
 
 

@@ -10,15 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from tailguard.spec import OnTimeout
+
 __all__ = ["ClassPolicy", "OnTimeout", "RateLimit", "Reason", "SchedulerConfig"]
-
-
-class OnTimeout(enum.Enum):
-    """A priority class's answer to a request predicted (or found) to miss its deadline:
-    answer from a cheaper ladder rung (``DEGRADE``) or refuse it with a retry-after (``REJECT``)."""
-
-    REJECT = "reject"
-    DEGRADE = "degrade"
 
 
 class Reason(enum.Enum):

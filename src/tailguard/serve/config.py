@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from tailguard.engine import Engine
-from tailguard.scheduler import ClassPolicy, OnTimeout, RateLimit, SchedulerConfig
-from tailguard.spec import OnTimeout as SpecOnTimeout
+from tailguard.scheduler import ClassPolicy, RateLimit, SchedulerConfig
 from tailguard.spec import RungKind, ServiceSpec
 
 __all__ = ["scheduler_config"]
@@ -20,7 +19,7 @@ def scheduler_config(spec: ServiceSpec, engine: Engine) -> SchedulerConfig:
             level=p.level,
             budget_ns=round(p.budget * 1e9),
             max_queue_size=p.max_queue_size,
-            on_timeout=OnTimeout.DEGRADE if p.on_timeout is SpecOnTimeout.DEGRADE else OnTimeout.REJECT,
+            on_timeout=p.on_timeout,
         )
         for p in sorted(spec.priorities, key=lambda p: p.level)
     )

@@ -375,7 +375,8 @@ class Dispatcher:
         the frames of this read are all admitted, so the batch is chosen knowing them, and
         the request skips an event-loop round trip — then send every buffered reply.  Later
         batches run from loop callbacks, so other connections' frames are read in between."""
-        if self.scheduler.total_queued and not self._stepping:
+        sched = self.scheduler
+        if (sched.total_queued or sched.has_dropped) and not self._stepping:
             self._step()
         else:
             self._flush()
