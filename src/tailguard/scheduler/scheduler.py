@@ -291,10 +291,12 @@ class Scheduler(Generic[P]):
             w = e
         return w
 
-    def observe(self, rung: int, n: int, elapsed_ns: int) -> None:
+    def observe(self, rung: int, n: int, elapsed_ns: int | None) -> None:
         """Report a batch handed out by ``next_batch`` as finished: ``n`` rows at ``rung`` took
-        ``elapsed_ns`` (measured by the dispatcher).  Call once per batch."""
-        self.costs.observe(rung, n, elapsed_ns)
+        ``elapsed_ns`` (measured by the dispatcher; None when it was not run — every client
+        left — so there is no time to learn from).  Call once per batch."""
+        if elapsed_ns is not None:
+            self.costs.observe(rung, n, elapsed_ns)
         if self._in_flight:
             self._in_flight -= 1
         if not self._in_flight:

@@ -178,11 +178,13 @@ class Dispatcher:
             self._timer.cancel()
             self._timer = None
         sched = self.scheduler
-        for job, verdict in sched.take_dropped():
-            self._settle(job, verdict)
+        if sched.has_dropped:
+            for job, verdict in sched.take_dropped():
+                self._settle(job, verdict)
         batch = sched.next_batch(self._now())
-        for job, verdict in sched.take_dropped():
-            self._settle(job, verdict)
+        if sched.has_dropped:
+            for job, verdict in sched.take_dropped():
+                self._settle(job, verdict)
         if batch is not None:
             self._run_batch(batch)
         self._flush()
@@ -200,7 +202,7 @@ class Dispatcher:
     def _settle(self, job: WireJob, verdict: Verdict) -> None:
         """A job the scheduler handed back outside a batch: answer it cheaply or reject it."""
         if verdict.kind is Admit.ANSWER_NOW:
-            self._run_jobs([job], verdict.rung, job.level_index, queued=False)
+            self._run_jobs([job], verdict.rung, job.level_index)
         else:
             self.in_flight -= 1
             self._reject_verdict(job, verdict)
@@ -209,16 +211,22 @@ class Dispatcher:
         t0 = self._now()
         jobs = [j for j in batch.jobs if not j.payload[1].closed]
         dropped = len(batch.jobs) - len(jobs)
+        rows = batch.rows
         if dropped:
+            # Their clients left: no reply to form, so no work (counted, never silent).
             self.abandoned += dropped
             self.in_flight -= dropped
+            rows = sum(j.rows for j in jobs)
+        # Exactly one observation per batch handed out (the scheduler tracks the batch in
+        # flight by it), even when every client left.
         if jobs:
-            self._run_jobs(jobs, batch.rung, batch.class_index, queued=False)
-            self.scheduler.observe(batch.rung, sum(j.rows for j in jobs), self._now() - t0)
+            self._run_jobs(jobs, batch.rung, batch.class_index)
+            self.scheduler.observe(batch.rung, rows, self._now() - t0)
+        else:
+            self.scheduler.observe(batch.rung, batch.rows, None)
 
-    def _run_jobs(self, jobs: list[WireJob], rung: int, ci: int, queued: bool = False) -> None:
+    def _run_jobs(self, jobs: list[WireJob], rung: int, ci: int) -> None:
         """Score ``jobs`` (one class, one start rung) and deliver their replies."""
-        del queued
         pname = self.class_names[ci]
         engine = self.engine
         start = self._now()
