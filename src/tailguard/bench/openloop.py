@@ -53,7 +53,7 @@ class ArrivalSchedule:
         self.start_ns = start_ns
         self.rate_hz = float(rate_hz)
         self.poisson = poisson
-        self.end_ns = start_ns + int(round(duration_s * 1e9))
+        self.end_ns = start_ns + round(duration_s * 1e9)
         self._period_ns = 1e9 / self.rate_hz
         self._i = 0  # fixed rate: index of the next request
         self._t = float(start_ns)  # poisson: time of the last arrival made
