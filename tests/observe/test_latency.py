@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from hdrh.histogram import HdrHistogram
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from toyservice import CTX
 
 from tailguard import STAGES, BatchDecision, Decision, LatencyRecorder, Service, load_service
+from tailguard.observe.latency import StageHistograms, bucket_high, bucket_index
 from tailguard.testing import FakeClock, SlowRuntime
 
 PERCENTILES = ("p50_us", "p99_us", "p999_us", "p9999_us", "max_us")
@@ -125,3 +127,23 @@ def test_service_without_latency_recording_reports_nothing(toy_dir: Path) -> Non
     svc = load_service(toy_dir, clock=FakeClock(), record_latency=False, freeze_gc=False)
     svc.engine.predict("a", CTX)
     assert (svc.latency, svc.latency_snapshot()) == (None, {})
+
+
+# -- the numpy histogram agrees with HdrHistogram ---------------------------------------------------
+@given(st.lists(st.integers(1, 60_000_000_000), min_size=1, max_size=300),
+       st.sampled_from([0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0]))
+def test_stage_histogram_percentiles_match_hdrhistogram(values: list[int], percentile: float) -> None:
+    ref = HdrHistogram(1, 60_000_000_000, 3)
+    for v in values:
+        ref.record_value(v)
+    ours = StageHistograms(("x",))
+    ours.record_many([(v,) for v in values])
+    got = ours.value_at_percentile(0, percentile)
+    expected = ref.get_value_at_percentile(percentile)
+    assert ref.values_are_equivalent(got, expected) or got == max(values)
+
+
+@given(st.integers(1, 60_000_000_000))
+def test_every_value_lies_within_its_buckets_bounds(value: int) -> None:
+    i = int(bucket_index(np.array([value], dtype=np.int64))[0])
+    assert value <= bucket_high(i) and (i == 0 or bucket_high(i - 1) < value)

@@ -51,12 +51,31 @@ def test_without_a_prior_unobserved_buckets_extrapolate_from_smaller_ones() -> N
     assert m.expected_ns(0, 8) == 4 * m.expected_ns(0, 2)
 
 
-def test_version_moves_on_observe_and_invalidate() -> None:
+def test_version_moves_on_a_first_observation_and_on_invalidate() -> None:
     m = CostModel(1, prior)
     v0 = m.version
     m.observe(0, 1, US)
     m.invalidate()
     assert m.version == v0 + 2
+
+
+def test_version_stays_while_the_estimate_drifts_less_than_an_eighth() -> None:
+    m = CostModel(1, prior)
+    for _ in range(50):
+        m.observe(0, 1, 10 * US)
+    v = m.version
+    m.observe(0, 1, 10 * US + 100)
+    assert m.version == v
+
+
+def test_version_moves_once_the_estimate_drifts_more_than_an_eighth() -> None:
+    m = CostModel(1, prior)
+    for _ in range(50):
+        m.observe(0, 1, 10 * US)
+    v = m.version
+    for _ in range(50):
+        m.observe(0, 1, 20 * US)
+    assert m.version > v and m.expected_ns(0, 1) >= 20 * US
 
 
 @given(samples=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 300), st.integers(1, 10**8)),

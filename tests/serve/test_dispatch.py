@@ -42,6 +42,8 @@ def app(toy_dir: Path) -> Iterator[App]:
 
 
 def run_until_answered(app: App, sink: Sink, n: int) -> None:
+    app.dispatcher.flush()  # what a transport does at the end of a read
+
     async def wait() -> None:
         while len(sink.replies) < n:
             await asyncio.sleep(0)
@@ -103,6 +105,7 @@ def test_requests_queued_before_the_drain_are_still_answered(app: App) -> None:
     sink = Sink()
     for i in range(5):
         submit(app, sink, Request(i, "a", CTX))
+    app.dispatcher.flush()
     app.begin_drain()
     app.loop.run_until_complete(app.wait_stopped())
     assert [r.status for r in sink.replies] == [Status.OK] * 5
@@ -112,7 +115,7 @@ def test_a_closed_sink_gets_nothing_and_is_counted_abandoned(app: App) -> None:
     sink = Sink()
     submit(app, sink, Request(1, "a", CTX))
     sink.closed = True
-    app.loop.run_until_complete(asyncio.sleep(0.01))
+    app.dispatcher.flush()
     assert sink.replies == [] and app.dispatcher.abandoned == 1 and app.dispatcher.idle
 
 

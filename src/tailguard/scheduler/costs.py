@@ -33,7 +33,7 @@ class CostModel:
     reload).  One owner thread.
     """
 
-    __slots__ = ("_learned", "_prior", "_table", "n_rungs", "version")
+    __slots__ = ("_learned", "_prior", "_stamp", "_table", "n_rungs", "version")
 
     def __init__(self, n_rungs: int, prior: Prior | None = None, *, gain: float = 0.125,
                  spike_factor: float = 4.0) -> None:
@@ -44,6 +44,8 @@ class CostModel:
         self._learned = [ServiceTime(gain, spike_factor) for _ in range(n_rungs)]
         # 0 marks a bucket never observed at that rung (learned values are >= 1).
         self._table = [[0] * ServiceTime.BUCKETS for _ in range(n_rungs)]
+        # The value of each bucket when ``version`` last moved for it.
+        self._stamp = [[0] * ServiceTime.BUCKETS for _ in range(n_rungs)]
         self.version = 0
 
     def observe(self, rung: int, n: int, elapsed_ns: int) -> None:
@@ -54,8 +56,16 @@ class CostModel:
         st.observe(n, elapsed_ns)
         b = ServiceTime.bucket(n)
         if st.mean_ns(n) != 0.0:
-            self._table[rung][b] = max(1, math.ceil(st.expected_ns(n)))
-        self.version += 1
+            new = max(1, math.ceil(st.expected_ns(n)))
+            self._table[rung][b] = new
+            # Readers cache derived values until ``version`` moves: move it when a value first
+            # appears or drifts more than 1/8 from what it was at the last move, not on every
+            # observation (a refresh per request cost more than the rest of admission).
+            stamp = self._stamp[rung]
+            old = stamp[b]
+            if not old or abs(new - old) * 8 > old:
+                stamp[b] = new
+                self.version += 1
 
     def expected_ns(self, rung: int, n: int) -> int:
         """Expected service time (ns) of a batch of ``n`` rows at ``rung``."""

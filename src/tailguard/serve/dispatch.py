@@ -98,7 +98,10 @@ class Dispatcher:
 
     # -- the door ----------------------------------------------------------------------------
     def submit(self, req: Request, arrival_ns: int, sink: ReplySink) -> None:
-        """Admit ``req`` (arrived at ``arrival_ns`` on the engine clock); answer via ``sink``."""
+        """Admit ``req`` (arrived at ``arrival_ns`` on the engine clock); answer via ``sink``.
+
+        Contract: the caller ends a burst of submits (one transport read) with ``flush()``,
+        which runs the queued work; nothing is scheduled per request."""
         self.submitted += 1
         if self.draining:
             self._reject(req, sink, Status.DRAINING, "the server is draining; send to another endpoint")
@@ -149,8 +152,8 @@ class Dispatcher:
         verdict = self.scheduler.submit(job, self._now())
         kind = verdict.kind
         if kind is Admit.QUEUED:
+            # Runs at the transport's flush() that ends this read (the contract below).
             self.in_flight += 1
-            self._wake()
         elif kind is Admit.ANSWER_NOW:
             self.in_flight += 1
             self._run_jobs([job], verdict.rung, ci)
