@@ -196,6 +196,9 @@ class ServingSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_total_queued: Annotated[int, msgspec.Meta(ge=1)] = 4096
     #: Per-client rate limit (None: none).
     rate_limit: RateLimitSpec | None = None
+    #: A batch of a lower class may take at most this share of the tightest budget of the
+    #: classes above it (requests are not read while a batch runs).
+    batch_share: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.5
 
 
 class Budgets(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -162,3 +162,18 @@ def test_observe_feeds_the_cost_model(now: int) -> None:
     s.observe(b.rung, b.rows, 40 * US)
     assert s.costs.expected_ns(0, 1) == 120 * US  # 40 + 4 * 20
     assert s.statistics()["in_flight"] == 0
+
+
+def test_a_lower_class_batch_stays_within_its_share_of_the_tightest_higher_budget(now: int) -> None:
+    s = scheduler(config(batch_share=0.15))  # critical budget 1 ms: lower batches <= 150 µs
+    for _ in range(8):
+        put(s, BULK, now)
+    b = batch(s, now)
+    assert (b.rows, b.expected_ns) == (4, 140 * US)
+
+
+def test_the_top_class_batch_is_not_capped_by_the_share(now: int) -> None:
+    s = scheduler(config(batch_share=0.15))
+    for _ in range(8):
+        put(s, CRIT, now)
+    assert batch(s, now).rows == 8

@@ -90,7 +90,10 @@ class SchedulerConfig:
     next, at most one batch per interval (0 disables the guard: strict priority).  At most
     ``max_total_queued`` requests wait over all classes; a higher-class arrival sheds the
     newest lower-class request when that bound is reached.  ``rate_limit`` applies per client
-    id.  Retry-after hints are at least ``retry_after_floor_ns`` (except rate-limit ones, which
+    id.  A batch of a lower class is grown only while its expected time stays within
+    ``batch_share`` of the tightest budget of the classes above it: requests are not read
+    while a batch runs, so this bounds how long a higher-class arrival can wait behind it.
+    Retry-after hints are at least ``retry_after_floor_ns`` (except rate-limit ones, which
     say exactly when the next token comes).  ``default_class`` names the class of requests that
     name none (None: the first of ``classes``).
     """
@@ -105,6 +108,7 @@ class SchedulerConfig:
     rate_limit: RateLimit | None = None
     retry_after_floor_ns: int = 1_000_000
     default_class: str | None = None
+    batch_share: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -125,6 +129,8 @@ class SchedulerConfig:
             raise ValueError("max_batch_size must be >= 1")
         if self.max_queue_delay_ns < 0 or self.starvation_guard_ns < 0 or self.retry_after_floor_ns < 0:
             raise ValueError("durations must be >= 0")
+        if not 0.0 < self.batch_share <= 1.0:
+            raise ValueError("batch_share must be in (0, 1]")
         if self.max_total_queued < 1:
             raise ValueError("max_total_queued must be >= 1")
         if self.default_class is not None and self.default_class not in names:

@@ -20,6 +20,8 @@ empty; ``has_dropped`` says whether there is anything).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
@@ -45,7 +47,7 @@ class Scheduler(Generic[P]):
     docstring).  ``costs`` is shared with the caller, who may read it; the scheduler feeds it
     through ``observe``.  ``max_clients`` bounds the rate limiter's client table."""
 
-    __slots__ = ("_backlog", "_batch", "_closed", "_default", "_in_flight", "_index", "_last_guard",
+    __slots__ = ("_backlog", "_batch", "_cap_ns", "_closed", "_default", "_in_flight", "_index", "_last_guard",
                  "_limiter", "_max_total", "_queued_verdicts", "_wake", "classes", "config", "costs",
                  "counters", "names")
 
@@ -64,6 +66,14 @@ class Scheduler(Generic[P]):
         self._limiter = None if rl is None else ClientLimiter(rl, max_clients)
         self._queued_verdicts = tuple(Verdict(_QUEUED, None, r, 0) for r in range(config.n_rungs))
         self._batch = config.max_batch_size
+        # Preemption bound: requests are not read while a batch runs, so a batch of a lower
+        # class may take at most ``batch_share`` of the tightest budget of any class above it
+        # (a higher-class request arriving meanwhile keeps the rest).  The top class: no cap.
+        self._cap_ns: list[float] = []
+        tightest = math.inf
+        for c in self.classes:
+            self._cap_ns.append(tightest * config.batch_share if tightest < math.inf else math.inf)
+            tightest = min(tightest, c.budget_ns)
         self._max_total = config.max_total_queued
         self._in_flight = 0
         self._last_guard = _NEVER
@@ -217,6 +227,7 @@ class Scheduler(Generic[P]):
                 continue
             n = 1
             rows = head.rows
+            cap = self._cap_ns[c]
             if rows == 1 and head.batchable:
                 exhausted = True
                 it = iter(q.deques[r])
@@ -229,7 +240,7 @@ class Scheduler(Generic[P]):
                         break
                     d = j.deadline_ns if j.deadline_ns < tight else tight
                     e = costs.expected_ns(r, n + 1)
-                    if start + e > d:
+                    if start + e > d or e > cap:
                         exhausted = False
                         break
                     tight, exp, n = d, e, n + 1

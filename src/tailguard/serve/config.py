@@ -34,4 +34,5 @@ def scheduler_config(spec: ServiceSpec, engine: Engine) -> SchedulerConfig:
         max_total_queued=serving.max_total_queued,
         rate_limit=RateLimit(rate_per_s=rl.rate, burst=rl.burst) if rl is not None else None,
         default_class=spec.default_priority,
+        batch_share=serving.batch_share,
     )
