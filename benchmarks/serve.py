@@ -42,6 +42,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -274,6 +275,21 @@ def _measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         recs = loadgen.run_loop(interleaved_sequential(series, {"model": model.block}, rounds=rounds,
                                                        block=block, warmup=300 if q else 1000))
         res["sequential"] = {name: rec.report(1.0)["latency_us"] for name, rec in recs.items()}
+        # One client, sequential, blocking socket (the thread sleeps in recv between round
+        # trips, as a synchronous caller does): the floor comparison of the targets.
+        # Alternating blocks so drift in the machine hits both alike; the median block wins.
+        b_rounds, b_block = (3, 2000) if q else (6, 5000)
+        log(f"sequential, blocking client: {b_rounds} alternating rounds of {b_block} (echo floor, TCP)")
+        blocks: dict[str, list[dict[str, Any]]] = {"floor": [], "tcp": []}
+        for _ in range(b_rounds):
+            for name, target in (("floor", Target("echo", echo.address)), ("tcp", tcp)):
+                rep = loadgen.run(target, tg_workload("normal"),
+                                  LoadConfig(requests=b_block, warmup_requests=200, blocking=True))
+                blocks[name].append({**rep["latency_us"], "server_p50": rep["server_us"].get("p50")})
+        res["blocking"] = {name: {k: statistics.median(b[k] for b in bl if b.get(k) is not None)
+                                  for k in ("p50", "p99", "p999", "max", "server_p50")
+                                  if any(b.get(k) is not None for b in bl)}
+                           for name, bl in blocks.items()}
         res["sequential_server"] = {name: rec.report(1.0)["server_us"] for name, rec in recs.items()}
         res["sequential_statuses"] = {name: rec.report(1.0)["statuses"] for name, rec in recs.items()}
 
@@ -349,9 +365,14 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
     seq = res["sequential"]
     out: dict[str, Any] = {}
-    for name in ("floor", "model", "tcp", "http", "fastapi"):
+    for name in ("model", "http", "fastapi"):
         for q in ("p50", "p99", "p999", "max"):
             out[f"{name}_{q}_us"] = _r(seq[name][q])
+    # The floor and TCP figures of the targets: blocking sequential client (see _measure).
+    for name in ("floor", "tcp"):
+        for q in ("p50", "p99", "p999", "max"):
+            out[f"{name}_{q}_us"] = _r(res["blocking"][name][q])
+            out[f"async_{name}_{q}_us"] = _r(seq[name][q])
     for name in ("busypoll_floor", "busypoll_tcp"):
         lat = res[name]["latency_us"]
         for q in ("p50", "p99", "p999", "max"):

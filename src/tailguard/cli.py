@@ -152,12 +152,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds SIGTERM waits for accepted requests to finish")
     s.add_argument("--ready-file", help="write the bound addresses here (JSON) once serving")
     s.set_defaults(fn=_serve)
-    try:
-        from tailguard.bench.cli import register
-    except ImportError:  # pragma: no cover - the load generator module is part of the package
-        pass
-    else:
-        register(sub)
+    from tailguard.bench.cli import register
+
+    register(sub)
     return ap
 
 

@@ -91,6 +91,8 @@ class LoadConfig:
     spin_us: float = 2000.0
     drain_timeout_s: float = 5.0
     busy_poll: bool = False
+    #: Sequential with a plain blocking socket client (no event loop): the floor comparison.
+    blocking: bool = False
     seed: int = 1
     progress: bool = False
     label: str = ""
@@ -213,18 +215,21 @@ def close_channels(chans: list[Channel]) -> None:
 
 
 def run_busy_poll(target: Target, workload: Workload, config: LoadConfig) -> dict[str, Any]:
-    """A sequential run with a client spinning on its socket (binary protocol or echo only)."""
+    """A sequential run with a client spinning on its socket, or blocking in ``recv`` when
+    ``config.blocking`` (binary protocol or echo only)."""
     if target.kind == "http":
         raise ValueError("busy-poll runs speak the binary protocol (tcp, unix or echo)")
     address = f"unix:{target.address}" if target.kind == "unix" else target.address
     recorder = Recorder(workload.mix)
-    client = BusyPollClient(address, echo=target.kind == "echo", client_id=workload.client_id)
+    client = BusyPollClient(address, echo=target.kind == "echo", client_id=workload.client_id,
+                            spin=config.busy_poll)
     try:
         span = client.run(wire_templates(workload), workload.mix, recorder, config.requests,
                           warmup=config.warmup_requests, seed=config.seed)
     finally:
         client.close()
-    return {**_header(target, workload, config, "sequential-busy-poll"), "requests": config.requests,
+    mode = "sequential-busy-poll" if config.busy_poll else "sequential-blocking"
+    return {**_header(target, workload, config, mode), "requests": config.requests,
             "warmup_requests": config.warmup_requests, "elapsed_s": round(span, 3),
             **recorder.report(span)}
 
@@ -241,8 +246,8 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 def run(target: Target, workload: Workload, config: LoadConfig) -> dict[str, Any]:
     """One load run, start to finish, in the calling thread; returns the report."""
-    if config.busy_poll:
+    if config.busy_poll or config.blocking:
         if config.rate_hz > 0:
-            raise ValueError("busy-poll is a sequential mode: leave the rate unset")
+            raise ValueError("busy-poll and blocking are sequential modes: leave the rate unset")
         return run_busy_poll(target, workload, config)
     return run_loop(run_async(target, workload, config))

@@ -23,6 +23,7 @@ __all__ = ["LatencyRecorder", "StageHistograms", "bucket_high", "bucket_index"]
 PERCENTILES = (50.0, 99.0, 99.9, 99.99)
 _MAX_NS = 60_000_000_000
 _CHUNK = 128
+_NONES = [None] * _CHUNK
 
 
 def bucket_index(values: np.ndarray) -> np.ndarray:
@@ -167,7 +168,11 @@ class LatencyRecorder:
                     break
                 # Chunks that do not wrap around the ring, folded in with numpy.
                 stop = min(head, tail + _CHUNK, tail - tail % cap + cap)
-                hists.record_many(ring[tail % cap : (stop - 1) % cap + 1])
+                lo, hi = tail % cap, (stop - 1) % cap + 1
+                hists.record_many(ring[lo:hi])
+                # Let the timing tuples go now: kept until overwritten, every decision would
+                # leave one object alive for the cyclic collector to walk.
+                ring[lo:hi] = _NONES[: hi - lo]
                 done += stop - tail
                 tail = stop
             self._tail[i] = tail

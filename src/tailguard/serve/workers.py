@@ -178,7 +178,7 @@ def _spawn(service_dir: str, config: ServeConfig, listeners: Sequence[Listener])
             specs.append(f"{kind}=fd:{sock.fileno()}")
             fds.append(sock.fileno())
     cmd = [sys.executable, "-m", "tailguard.serve.workers", service_dir,
-           "--config", json.dumps(dataclasses.asdict(config) | {"extra": {}}),
+           "--config", json.dumps(dataclasses.asdict(config)),
            "--ready-fd", str(w), *[a for s in specs for a in ("--listener", s)]]
     proc = subprocess.Popen(cmd, pass_fds=fds)
     os.close(w)
