@@ -4,7 +4,7 @@ queue bounds, global shedding, rate limits."""
 from __future__ import annotations
 
 import pytest
-from schedsim import MS, US, config, scheduler, three_classes
+from schedsim import MS, PRIMARY_FAST, US, config, scheduler, three_classes
 
 from tailguard.errors import UnknownPriority
 from tailguard.scheduler import (
@@ -234,3 +234,63 @@ def test_a_queued_job_cannot_be_submitted_again(now: int) -> None:
 def test_a_job_has_at_least_one_row() -> None:
     with pytest.raises(ValueError):
         Job(0, 0, 1, 0, rows=0)
+
+
+# -- load above a class stretches its predicted wait ----------------------------------------------
+def saturate_with_critical(s: Scheduler[int], now: int, span_ns: int, gap_ns: int) -> int:
+    """Critical arrivals every ``gap_ns`` for ``span_ns``, each batch run at once (the queue
+    stays short): the critical class alone keeps the server about busy.  Returns the time."""
+    t = now
+    while t < now + span_ns:
+        assert s.submit(job(s, CRIT, t), t).kind is Admit.QUEUED
+        b = s.next_batch(t)
+        assert b is not None
+        s.observe(b.rung, b.rows, PRIMARY_FAST(b.rung, b.rows))  # the true cost
+        t += gap_ns
+    return t
+
+
+def queue_three_critical(s: Scheduler[int], t: int) -> None:
+    for _ in range(3):
+        s.submit(job(s, CRIT, t), t)
+
+
+def test_an_idle_server_admits_a_lower_class_request_behind_a_short_queue(now: int) -> None:
+    s = scheduler()
+    queue_three_critical(s, now)
+    assert s.submit(job(s, BULK, now, 1 * MS), now).kind is Admit.QUEUED
+
+
+def test_a_lower_class_is_turned_away_at_the_door_while_higher_ones_use_the_capacity(now: int) -> None:
+    s = scheduler()
+    # A critical row's share of a full batch is 22.5 µs: one every 20 µs is more than the server.
+    t = saturate_with_critical(s, now, 20 * MS, 20 * US)
+    queue_three_critical(s, t)
+    v = s.submit(job(s, BULK, t, 1 * MS), t)
+    assert (v.kind, v.reason) == (Admit.ANSWER_NOW, Reason.PREDICTED_LATE)
+
+
+def test_the_top_class_is_not_stretched_by_its_own_load(now: int) -> None:
+    s = scheduler()
+    t = saturate_with_critical(s, now, 20 * MS, 20 * US)
+    assert s.submit(job(s, CRIT, t), t).kind is Admit.QUEUED
+
+
+def test_the_stretch_fades_once_the_load_is_gone(now: int) -> None:
+    s = scheduler()
+    t = saturate_with_critical(s, now, 20 * MS, 20 * US) + 100 * MS  # then quiet for 100 ms
+    s.submit(job(s, NORMAL, t, 10 * MS), t)  # the first arrival after the pause closes the window
+    queue_three_critical(s, t)
+    assert s.submit(job(s, BULK, t, 1 * MS), t).kind is Admit.QUEUED
+
+
+def test_ingress_cost_counts_as_load_above_every_class(now: int) -> None:
+    s = scheduler()
+    s.note_ingress(1, 30 * US)  # reading a request costs more than the gap between arrivals
+    t = now
+    for _ in range(1000):
+        s.submit(job(s, BULK, t, 50 * MS, rung=3), t)  # cheap rung: answered at the door, no work
+        t += 20 * US
+    queue_three_critical(s, t)
+    v = s.submit(job(s, CRIT, t, 1 * MS), t)
+    assert (v.kind, v.reason) == (Admit.ANSWER_NOW, Reason.PREDICTED_LATE)

@@ -21,7 +21,6 @@ empty; ``has_dropped`` says whether there is anything).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
@@ -42,14 +41,42 @@ _QUEUED, _ANSWER_NOW, _REJECTED = Admit.QUEUED, Admit.ANSWER_NOW, Admit.REJECTED
 _PREDICTED_LATE, _RATE_LIMITED = Reason.PREDICTED_LATE, Reason.RATE_LIMITED
 
 
+_WINDOW_NS = 5_000_000  # load windows at the door
+_SMOOTH = 0.5  # weight of the newest window
+_MIN_FREE = 0.02  # a class left under 2 % of the time waits at most 50 x its queued work
+
+
 class Scheduler(Generic[P]):
     """Admission, per-priority queues and batching for one dispatcher (see the module
     docstring).  ``costs`` is shared with the caller, who may read it; the scheduler feeds it
     through ``observe``.  ``max_clients`` bounds the rate limiter's client table."""
 
-    __slots__ = ("_backlog", "_batch", "_cap_ns", "_closed", "_default", "_in_flight", "_index", "_last_guard",
-                 "_limiter", "_max_total", "_queued_verdicts", "_wake", "classes", "config", "costs",
-                 "counters", "names")
+    __slots__ = (
+        "_backlog",
+        "_batch",
+        "_cap_ns",
+        "_closed",
+        "_default",
+        "_in_flight",
+        "_index",
+        "_ingress_ns",
+        "_ingress_util",
+        "_last_guard",
+        "_limiter",
+        "_max_total",
+        "_queued_verdicts",
+        "_stretch",
+        "_util",
+        "_wake",
+        "_win_ingress",
+        "_win_start",
+        "_win_work",
+        "classes",
+        "config",
+        "costs",
+        "counters",
+        "names",
+    )
 
     def __init__(self, config: SchedulerConfig, costs: CostModel, *, max_clients: int = 65_536) -> None:
         if costs.n_rungs != config.n_rungs:
@@ -75,6 +102,20 @@ class Scheduler(Generic[P]):
             self._cap_ns.append(tightest * config.batch_share if tightest < math.inf else math.inf)
             tightest = min(tightest, c.budget_ns)
         self._max_total = config.max_total_queued
+        # Load seen at the door, per window of ``_WINDOW_NS``: the work each class brought
+        # (its batch share when queued) and the ingress time every request costs (reading,
+        # decoding, admitting it — paid even for a refusal).  A class's queue drains only in
+        # the time the classes above it and the ingress of everyone leave free, so its
+        # predicted wait is stretched by 1 / (1 - that load): under overload the lowest class
+        # is refused at the door instead of expiring in the queue after costing its admission.
+        n = len(self.classes)
+        self._win_start = 0
+        self._win_work = [0] * n
+        self._win_ingress = 0.0
+        self._util = [0.0] * n
+        self._ingress_util = 0.0
+        self._stretch = [1.0] * n
+        self._ingress_ns = 0.0
         self._in_flight = 0
         self._last_guard = _NEVER
         self._wake: int | None = None
@@ -117,6 +158,10 @@ class Scheduler(Generic[P]):
         c = job.level_index
         ctr = self.counters
         ctr.submitted[c] += 1
+        # Every arrival, even one refused below, cost its ingress.
+        if now_ns - self._win_start >= _WINDOW_NS:
+            self._roll(now_ns)
+        self._win_ingress += self._ingress_ns
         if self._closed:
             return self._refuse(job, c, Reason.DRAINING, 0)
         lim = self._limiter
@@ -135,9 +180,10 @@ class Scheduler(Generic[P]):
             return Verdict(_ANSWER_NOW, None, r, 0)
         queues = bl.queues
         q = queues[c]
-        ahead = bl.busy_until if bl.busy_until > now_ns else now_ns
+        wait = bl.busy_until - now_ns if bl.busy_until > now_ns else 0
         for i in range(c + 1):
-            ahead += queues[i].work_ns
+            wait += queues[i].work_ns
+        ahead = now_ns + int(wait * self._stretch[c])
         if q.count >= q.policy.max_queue_size:
             return self._refuse(job, c, Reason.QUEUE_FULL, ahead - now_ns)
         if job.rows != 1 or not job.batchable:
@@ -150,6 +196,7 @@ class Scheduler(Generic[P]):
             return self._late_at_door(job, ahead, now_ns)
         if bl.total >= self._max_total:
             return self._admit(job, share, self._queued_verdicts[r], ahead, now_ns)
+        self._win_work[c] += share
         bl.push(job, q, share)  # the common case, inlined from _admit
         ctr.admitted[c] += 1
         return self._queued_verdicts[r]
@@ -185,6 +232,7 @@ class Scheduler(Generic[P]):
         if bl.total >= self._max_total and not bl.make_room(c, now_ns):
             return self._refuse(job, c, Reason.SHED_OVERLOAD, ahead - now_ns)
         job.rung = verdict.rung
+        self._win_work[c] += share
         bl.push(job, bl.queues[c], share)
         ctr = self.counters
         ctr.admitted[c] += 1
@@ -197,6 +245,35 @@ class Scheduler(Generic[P]):
         self.counters.rejected[reason][c] += 1
         floor = self.config.retry_after_floor_ns
         return Verdict(_REJECTED, reason, job.rung, retry_ns if retry_ns > floor else floor)
+
+    def note_ingress(self, n: int, elapsed_ns: int) -> None:
+        """The transport spent ``elapsed_ns`` reading, decoding and admitting ``n`` requests
+        (learned as a smoothed cost per request, part of the load at the door)."""
+        if n > 0:
+            per = elapsed_ns / n
+            old = self._ingress_ns
+            self._ingress_ns = per if not old else old + 0.125 * (per - old)
+
+    def _roll(self, now_ns: int) -> None:
+        """Close a load window: smooth the per-class utilisations and recompute each class's
+        wait stretch (1 / the share of time the classes above and all ingress leave it)."""
+        span = now_ns - self._win_start
+        self._win_start = now_ns
+        if span > 4 * _WINDOW_NS:  # idle for a while: the old load says nothing any more
+            self._util = [0.0] * len(self._util)
+            self._ingress_util = 0.0
+        keep = 1.0 - _SMOOTH
+        util = self._util
+        for c, w in enumerate(self._win_work):
+            util[c] = keep * util[c] + _SMOOTH * (w / span)
+            self._win_work[c] = 0
+        self._ingress_util = keep * self._ingress_util + _SMOOTH * (self._win_ingress / span)
+        self._win_ingress = 0.0
+        above = self._ingress_util
+        for c in range(len(util)):
+            free = 1.0 - above
+            self._stretch[c] = 1.0 / free if free > _MIN_FREE else 1.0 / _MIN_FREE
+            above += util[c]
 
     # -- dispatch ---------------------------------------------------------------------------
     def next_batch(self, now_ns: int) -> Batch[P] | None:

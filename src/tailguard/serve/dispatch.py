@@ -160,6 +160,11 @@ class Dispatcher:
         else:
             self._reject_verdict(job, verdict)
 
+    def note_ingress(self, n: int, elapsed_ns: int) -> None:
+        """A transport read ``n`` requests in ``elapsed_ns`` (decode + admission): load at the
+        door that admission accounts for."""
+        self.scheduler.note_ingress(n, elapsed_ns)
+
     # -- execution ---------------------------------------------------------------------------
     def _wake(self) -> None:
         if self._soon is None:

@@ -128,6 +128,7 @@ class BinaryConnection(asyncio.Protocol):
                 self.deliver(Pong(msg.id, self.app.state.value, d.in_flight))  # type: ignore[union-attr]
             else:
                 self._bad_frame(frame, Status.MALFORMED, "unexpected message after the handshake")
+        self.dispatcher.note_ingress(len(frames), self._now() - now)
         self.dispatcher.flush()
         self.flush()
 
