@@ -62,8 +62,15 @@ class Backlog(Generic[P]):
         per model rung the per-job share of a full batch (``per_row``), and the cheapest model
         rung's single-job time (``min_cost``, the expiry horizon)."""
         costs = self.costs
-        b = self.config.max_batch_size
+        top = self.config.max_batch_size
         for r in self._model_rungs:
+            # The largest batch size actually seen (batches may stop growing well below the
+            # maximum: deadlines, the preemption bound), else the maximum from the prior.
+            b = top
+            while b > 1 and not costs.observed(r, b):
+                b = 1 << ((b - 1).bit_length() - 1)  # the next smaller power-of-two bucket
+            if not costs.observed(r, b):
+                b = top
             self.per_row[r] = costs.expected_ns(r, b) // b
         self.min_cost = min(costs.expected_ns(r, 1) for r in self._model_rungs)
         self.cost_version = costs.version
