@@ -12,6 +12,7 @@ one thread; integer ns.
 
 from __future__ import annotations
 
+import math
 from heapq import heapify, heappop, heappush
 from typing import Generic, TypeVar
 
@@ -33,7 +34,7 @@ class Backlog(Generic[P]):
     """The queued jobs of every class and the ways they leave other than in a batch (see the
     module docstring).  ``queues`` are in level order; ``total`` counts live jobs."""
 
-    __slots__ = ("_heap_limit", "_model_rungs", "_seq", "busy_until", "cheap",
+    __slots__ = ("_heap_limit", "_model_rungs", "_seq", "busy_until", "caps", "cheap",
                  "config", "cost_version", "costs", "counters", "degrade", "dropped", "heap", "min_cost",
                  "per_row", "queues", "total")
 
@@ -54,7 +55,10 @@ class Backlog(Generic[P]):
         self._seq = 0
         self._model_rungs = config.model_rungs
         self.cost_version = -1
-        self.per_row = [0] * n
+        #: Per class, per rung: a queued single-row job's share of the work (ns).
+        self.per_row = [[0] * n for _ in classes]
+        #: Per class: the longest batch it may form (the preemption bound; inf for the top).
+        self.caps: list[float] = [math.inf] * len(classes)
         self.min_cost = 0
 
     def refresh(self) -> None:
@@ -63,15 +67,17 @@ class Backlog(Generic[P]):
         rung's single-job time (``min_cost``, the expiry horizon)."""
         costs = self.costs
         top = self.config.max_batch_size
-        for r in self._model_rungs:
-            # The largest batch size actually seen (batches may stop growing well below the
-            # maximum: deadlines, the preemption bound), else the maximum from the prior.
-            b = top
-            while b > 1 and not costs.observed(r, b):
-                b = 1 << ((b - 1).bit_length() - 1)  # the next smaller power-of-two bucket
-            if not costs.observed(r, b):
-                b = top
-            self.per_row[r] = costs.expected_ns(r, b) // b
+        for c, cap in enumerate(self.caps):
+            row = self.per_row[c]
+            for r in self._model_rungs:
+                # A backlog drains in batches as large as this class can grow them: batches
+                # grow one job at a time while the mean batch time stays within the class's
+                # preemption bound (``caps``), so the per-row mean at the largest such batch
+                # size.  The mean, not the expectation: queued work adds up many batches.
+                b = 1
+                while b < top and costs.mean_ns(r, min(b * 2, top)) <= cap:
+                    b = min(b * 2, top)
+                row[r] = max(costs.mean_ns(r, b) // b, 1)
         self.min_cost = min(costs.expected_ns(r, 1) for r in self._model_rungs)
         self.cost_version = costs.version
 
@@ -114,7 +120,7 @@ class Backlog(Generic[P]):
                         return
                 elif start + (e := costs.expected_ns(r, job.rows)) <= job.deadline_ns:
                     job.rung = r
-                    q.push_front(job, e if job.rows != 1 or not job.batchable else self.per_row[r])
+                    q.push_front(job, e if job.rows != 1 or not job.batchable else self.per_row[c][r])
                     self.total += 1
                     self.counters.degraded[_EXPIRED][c] += 1
                     return

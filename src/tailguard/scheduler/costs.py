@@ -79,6 +79,14 @@ class CostModel:
             return int(self._prior(rung, n))
         return math.ceil(self._learned[rung].expected_ns(n))
 
+    def mean_ns(self, rung: int, n: int) -> int:
+        """The learned mean time of a batch of ``n`` rows at ``rung`` (the prior, or the
+        expectation, where the bucket has not been observed).  For sums over many batches —
+        queue wait, load — where ``expected_ns``'s safety margin would add up."""
+        if self.observed(rung, n):
+            return max(1, round(self._learned[rung].mean_ns(n)))
+        return self.expected_ns(rung, n)
+
     def observed(self, rung: int, n: int) -> bool:
         """Whether ``n``'s batch bucket at ``rung`` has been observed (else the prior answers)."""
         return self._table[rung][min((n - 1).bit_length(), _TOP)] != 0

@@ -101,6 +101,7 @@ class Scheduler(Generic[P]):
         for c in self.classes:
             self._cap_ns.append(tightest * config.batch_share if tightest < math.inf else math.inf)
             tightest = min(tightest, c.budget_ns)
+        self._backlog.caps = self._cap_ns
         self._max_total = config.max_total_queued
         # Load seen at the door, per window of ``_WINDOW_NS``: the work each class brought
         # (its batch share when queued) and the ingress time every request costs (reading,
@@ -191,7 +192,7 @@ class Scheduler(Generic[P]):
         else:
             # Its own batch: the partial one at the tail of its rung's queue, plus itself.
             own = self.costs.expected_ns(r, q.per_rung[r] % self._batch + 1)
-            share = bl.per_row[r]
+            share = bl.per_row[c][r]
         if ahead + own > job.deadline_ns:
             return self._late_at_door(job, ahead, now_ns)
         if bl.total >= self._max_total:
@@ -220,7 +221,7 @@ class Scheduler(Generic[P]):
                     own = share = costs.expected_ns(r, job.rows)
                 else:
                     own = costs.expected_ns(r, q.per_rung[r] % self._batch + 1)
-                    share = bl.per_row[r]
+                    share = bl.per_row[c][r]
                 if ahead + own <= deadline:
                     return self._admit(job, share, Verdict(_QUEUED, _PREDICTED_LATE, r, 0), ahead, now_ns)
         return self._refuse(job, c, _PREDICTED_LATE, ahead - now_ns)
@@ -317,7 +318,9 @@ class Scheduler(Generic[P]):
                         break
                     d = j.deadline_ns if j.deadline_ns < tight else tight
                     e = costs.expected_ns(r, n + 1)
-                    if start + e > d or e > cap:
+                    # The preemption bound is a goal for the typical batch (its mean), the
+                    # deadline a promise (the expectation, with its safety margin).
+                    if start + e > d or (cap < e and costs.mean_ns(r, n + 1) > cap):
                         exhausted = False
                         break
                     tight, exp, n = d, e, n + 1
@@ -465,6 +468,14 @@ class Scheduler(Generic[P]):
         out["in_flight"] = self._in_flight
         out["busy_until_ns"] = bl.busy_until
         out["closed"] = self._closed
+        out["door"] = {
+            "ingress_us": round(self._ingress_ns / 1e3, 2),
+            "ingress_utilization": round(self._ingress_util, 4),
+            "utilization": dict(zip(self.names, (round(u, 4) for u in self._util), strict=True)),
+            "wait_stretch": dict(zip(self.names, (round(x, 3) for x in self._stretch), strict=True)),
+            "per_row_us": {n: [round(x / 1e3, 2) for x in row]
+                           for n, row in zip(self.names, bl.per_row, strict=True)},
+        }
         if self._limiter is not None:
             out["rate_limit"] = self._limiter.statistics()
         return out

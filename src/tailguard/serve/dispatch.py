@@ -70,7 +70,8 @@ class Dispatcher:
     """Admission, queueing and batched execution for one service on one event loop."""
 
     def __init__(
-        self, service: Service, scheduler: Scheduler[Payload], loop: asyncio.AbstractEventLoop
+        self, service: Service, scheduler: Scheduler[Payload], loop: asyncio.AbstractEventLoop,
+        min_batch_call: int = 6,
     ) -> None:
         self.service = service
         self.engine = service.engine
@@ -83,6 +84,8 @@ class Dispatcher:
         self.class_names = tuple(c.name for c in scheduler.config.classes)
         self.context_fields = tuple(service.engine.assembler.context_fields)
         self.draining = False
+        #: Micro-batches smaller than this run as single calls (see ``_run_jobs``).
+        self.min_batch_call = min_batch_call
         self._soon: asyncio.Handle | None = None
         self._stepping = False
         self._timer: asyncio.TimerHandle | None = None
@@ -254,6 +257,12 @@ class Dispatcher:
                 self._fail(job, exc)
             except Exception as exc:  # a bug must cost one request, never the server
                 self._fail(job, exc)
+            return
+        if len(jobs) < self.min_batch_call:
+            # The batch call has a fixed cost (vectorised features, a batch-shaped model run)
+            # that only pays off from a few rows on: below that, one fast call per request.
+            for j in jobs:
+                self._run_jobs([j], rung, ci)
             return
         # A micro-batch of single-entity requests: one engine call, split per request.
         try:

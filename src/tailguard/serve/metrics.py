@@ -110,6 +110,23 @@ def _scheduler_families(s: dict[str, Any], worker: str) -> Iterator[Any]:
     for cls, n in s.get("admitted", {}).items():
         admitted.add_metric([cls, worker], n)
     yield admitted
+    door = s.get("door")
+    if door is not None:
+        util = GaugeMetricFamily("tailguard_door_utilization",
+                                 "Smoothed share of time used by each class's admitted work.",
+                                 labels=["class", "worker"])
+        stretch = GaugeMetricFamily("tailguard_door_wait_stretch",
+                                    "Factor admission applies to a class's queued work (load above it).",
+                                    labels=["class", "worker"])
+        for cls, u in door["utilization"].items():
+            util.add_metric([cls, worker], u)
+            stretch.add_metric([cls, worker], door["wait_stretch"][cls])
+        yield util
+        yield stretch
+        g = GaugeMetricFamily("tailguard_ingress_seconds", "Smoothed cost of reading and admitting one request.",
+                              labels=["worker"])
+        g.add_metric([worker], door["ingress_us"] / 1e6)
+        yield g
     for name, key, doc in (
         ("tailguard_batches", "batches", "Micro-batches run."),
         ("tailguard_starvation_guard", "starvation_guard",
