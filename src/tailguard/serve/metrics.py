@@ -123,8 +123,8 @@ def _scheduler_families(s: dict[str, Any], worker: str) -> Iterator[Any]:
             stretch.add_metric([cls, worker], door["wait_stretch"][cls])
         yield util
         yield stretch
-        g = GaugeMetricFamily("tailguard_ingress_seconds", "Smoothed cost of reading and admitting one request.",
-                              labels=["worker"])
+        g = GaugeMetricFamily("tailguard_ingress_seconds",
+                              "Smoothed cost of reading and admitting one request.", labels=["worker"])
         g.add_metric([worker], door["ingress_us"] / 1e6)
         yield g
     for name, key, doc in (
