@@ -286,10 +286,10 @@ def test_the_stretch_fades_once_the_load_is_gone(now: int) -> None:
 
 def test_ingress_cost_counts_as_load_above_every_class(now: int) -> None:
     s = scheduler()
-    s.note_ingress(1, 30 * US)  # reading a request costs more than the gap between arrivals
     t = now
     for _ in range(1000):
         s.submit(job(s, BULK, t, 50 * MS, rung=3), t)  # cheap rung: answered at the door, no work
+        s.note_ingress(1, 30 * US)  # reading it cost more than the gap between arrivals
         t += 20 * US
     queue_three_critical(s, t)
     v = s.submit(job(s, CRIT, t, 1 * MS), t)

@@ -166,10 +166,19 @@ def test_observe_feeds_the_cost_model(now: int) -> None:
 
 def test_a_lower_class_batch_stays_within_its_share_of_the_tightest_higher_budget(now: int) -> None:
     s = scheduler(config(batch_share=0.15))  # critical budget 1 ms: lower batches <= 150 µs
+    put(s, CRIT, now)  # critical traffic is active
+    s.observe(0, 1, batch(s, now).expected_ns)
     for _ in range(8):
         put(s, BULK, now)
     b = batch(s, now)
     assert (b.rows, b.expected_ns) == (4, 140 * US)
+
+
+def test_without_higher_class_traffic_a_lower_class_batch_grows_to_full_size(now: int) -> None:
+    s = scheduler(config(batch_share=0.15))
+    for _ in range(8):
+        put(s, BULK, now)
+    assert batch(s, now).rows == 8
 
 
 def test_the_top_class_batch_is_not_capped_by_the_share(now: int) -> None:

@@ -36,7 +36,7 @@ class Backlog(Generic[P]):
 
     __slots__ = ("_heap_limit", "_model_rungs", "_seq", "busy_until", "caps", "cheap",
                  "config", "cost_version", "costs", "counters", "degrade", "dropped", "heap", "min_cost",
-                 "per_row", "queues", "total")
+                 "per_row", "per_row_free", "queues", "total")
 
     def __init__(self, config: SchedulerConfig, costs: CostModel, counters: Counters) -> None:
         self.config = config
@@ -57,6 +57,8 @@ class Backlog(Generic[P]):
         self.cost_version = -1
         #: Per class, per rung: a queued single-row job's share of the work (ns).
         self.per_row = [[0] * n for _ in classes]
+        #: The same without the preemption bound (no higher-class traffic lately).
+        self.per_row_free = [[0] * n for _ in classes]
         #: Per class: the longest batch it may form (the preemption bound; inf for the top).
         self.caps: list[float] = [math.inf] * len(classes)
         self.min_cost = 0
@@ -68,18 +70,22 @@ class Backlog(Generic[P]):
         costs = self.costs
         top = self.config.max_batch_size
         for c, cap in enumerate(self.caps):
-            row = self.per_row[c]
-            for r in self._model_rungs:
-                # A backlog drains in batches as large as this class can grow them: batches
-                # grow one job at a time while the mean batch time stays within the class's
-                # preemption bound (``caps``), so the per-row mean at the largest such batch
-                # size.  The mean, not the expectation: queued work adds up many batches.
-                b = 1
-                while b < top and costs.mean_ns(r, min(b * 2, top)) <= cap:
-                    b = min(b * 2, top)
-                row[r] = max(costs.mean_ns(r, b) // b, 1)
+            self._fill_per_row(self.per_row[c], cap, top)
+            self._fill_per_row(self.per_row_free[c], math.inf, top)
         self.min_cost = min(costs.expected_ns(r, 1) for r in self._model_rungs)
         self.cost_version = costs.version
+
+    def _fill_per_row(self, row: list[int], cap: float, top: int) -> None:
+        costs = self.costs
+        for r in self._model_rungs:
+            # A backlog drains in batches as large as this class can grow them: batches grow
+            # one job at a time while the mean batch time stays within the class's preemption
+            # bound (``cap``), so the per-row mean at the largest such batch size.  The mean,
+            # not the expectation: queued work adds up many batches.
+            b = 1
+            while b < top and costs.mean_ns(r, min(b * 2, top)) <= cap:
+                b = min(b * 2, top)
+            row[r] = max(costs.mean_ns(r, b) // b, 1)
 
     def push(self, job: Job[P], q: ClassQueue[P], share_ns: int) -> None:
         """Queue ``job`` at the tail of ``q`` with its share of the work, and note its deadline."""

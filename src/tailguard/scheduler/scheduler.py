@@ -21,6 +21,7 @@ empty; ``has_dropped`` says whether there is anything).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
@@ -42,6 +43,7 @@ _PREDICTED_LATE, _RATE_LIMITED = Reason.PREDICTED_LATE, Reason.RATE_LIMITED
 
 
 _WINDOW_NS = 5_000_000  # load windows at the door
+_ACTIVE_NS = 50_000_000  # a class with an arrival this recent bounds the batches below it
 _SMOOTH = 0.5  # weight of the newest window
 _MIN_FREE = 0.02  # a class left under 2 % of the time waits at most 50 x its queued work
 
@@ -57,10 +59,12 @@ class Scheduler(Generic[P]):
         "_cap_ns",
         "_closed",
         "_default",
+        "_flight",
         "_in_flight",
         "_index",
         "_ingress_ns",
         "_ingress_util",
+        "_last_arrival",
         "_last_guard",
         "_limiter",
         "_max_total",
@@ -102,10 +106,12 @@ class Scheduler(Generic[P]):
             self._cap_ns.append(tightest * config.batch_share if tightest < math.inf else math.inf)
             tightest = min(tightest, c.budget_ns)
         self._backlog.caps = self._cap_ns
+        self._last_arrival = [-(1 << 62)] * len(self.classes)
+        self._flight: deque[int] = deque()  # the class of each batch handed out, in order
         self._max_total = config.max_total_queued
-        # Load seen at the door, per window of ``_WINDOW_NS``: the work each class brought
-        # (its batch share when queued) and the ingress time every request costs (reading,
-        # decoding, admitting it — paid even for a refusal).  A class's queue drains only in
+        # Load, per window of ``_WINDOW_NS``: the measured batch time of each class and the
+        # ingress time every request costs (reading, decoding, admitting it — paid even for a
+        # refusal).  A class's queue drains only in
         # the time the classes above it and the ingress of everyone leave free, so its
         # predicted wait is stretched by 1 / (1 - that load): under overload the lowest class
         # is refused at the door instead of expiring in the queue after costing its admission.
@@ -159,10 +165,9 @@ class Scheduler(Generic[P]):
         c = job.level_index
         ctr = self.counters
         ctr.submitted[c] += 1
-        # Every arrival, even one refused below, cost its ingress.
+        self._last_arrival[c] = now_ns
         if now_ns - self._win_start >= _WINDOW_NS:
             self._roll(now_ns)
-        self._win_ingress += self._ingress_ns
         if self._closed:
             return self._refuse(job, c, Reason.DRAINING, 0)
         lim = self._limiter
@@ -192,12 +197,11 @@ class Scheduler(Generic[P]):
         else:
             # Its own batch: the partial one at the tail of its rung's queue, plus itself.
             own = self.costs.expected_ns(r, q.per_rung[r] % self._batch + 1)
-            share = bl.per_row[c][r]
+            share = (bl.per_row if self._above_active(c, now_ns) else bl.per_row_free)[c][r]
         if ahead + own > job.deadline_ns:
             return self._late_at_door(job, ahead, now_ns)
         if bl.total >= self._max_total:
             return self._admit(job, share, self._queued_verdicts[r], ahead, now_ns)
-        self._win_work[c] += share
         bl.push(job, q, share)  # the common case, inlined from _admit
         ctr.admitted[c] += 1
         return self._queued_verdicts[r]
@@ -221,7 +225,7 @@ class Scheduler(Generic[P]):
                     own = share = costs.expected_ns(r, job.rows)
                 else:
                     own = costs.expected_ns(r, q.per_rung[r] % self._batch + 1)
-                    share = bl.per_row[c][r]
+                    share = (bl.per_row if self._above_active(c, now_ns) else bl.per_row_free)[c][r]
                 if ahead + own <= deadline:
                     return self._admit(job, share, Verdict(_QUEUED, _PREDICTED_LATE, r, 0), ahead, now_ns)
         return self._refuse(job, c, _PREDICTED_LATE, ahead - now_ns)
@@ -233,7 +237,6 @@ class Scheduler(Generic[P]):
         if bl.total >= self._max_total and not bl.make_room(c, now_ns):
             return self._refuse(job, c, Reason.SHED_OVERLOAD, ahead - now_ns)
         job.rung = verdict.rung
-        self._win_work[c] += share
         bl.push(job, bl.queues[c], share)
         ctr = self.counters
         ctr.admitted[c] += 1
@@ -247,9 +250,19 @@ class Scheduler(Generic[P]):
         floor = self.config.retry_after_floor_ns
         return Verdict(_REJECTED, reason, job.rung, retry_ns if retry_ns > floor else floor)
 
+    def _above_active(self, c: int, now_ns: int) -> bool:
+        """Whether a class above ``c`` had an arrival in the last ``_ACTIVE_NS``: only then
+        does the preemption bound keep ``c``'s batches short (with no higher-class traffic,
+        batches grow to the full size; the first higher-class arrival after a quiet spell may
+        wait behind one such batch)."""
+        last = self._last_arrival
+        return any(now_ns - last[h] < _ACTIVE_NS for h in range(c))
+
     def note_ingress(self, n: int, elapsed_ns: int) -> None:
-        """The transport spent ``elapsed_ns`` reading, decoding and admitting ``n`` requests
-        (learned as a smoothed cost per request, part of the load at the door)."""
+        """The server spent ``elapsed_ns`` outside batches: reading, decoding and admitting
+        ``n`` requests, writing replies (``n`` may be 0).  Counted as load above every class;
+        the per-request cost is also kept, smoothed, for statistics."""
+        self._win_ingress += elapsed_ns
         if n > 0:
             per = elapsed_ns / n
             old = self._ingress_ns
@@ -305,7 +318,7 @@ class Scheduler(Generic[P]):
                 continue
             n = 1
             rows = head.rows
-            cap = self._cap_ns[c]
+            cap = self._cap_ns[c] if self._above_active(c, now_ns) else math.inf
             if rows == 1 and head.batchable:
                 exhausted = True
                 it = iter(q.deques[r])
@@ -347,6 +360,7 @@ class Scheduler(Generic[P]):
                 self._last_guard = now_ns
             bl.busy_until = start + exp
             self._in_flight += 1
+            self._flight.append(c)
             return Batch(jobs, r, tight, c, rows, start, exp)
         return None
 
@@ -386,6 +400,12 @@ class Scheduler(Generic[P]):
         """Report a batch handed out by ``next_batch`` as finished: ``n`` rows at ``rung`` took
         ``elapsed_ns`` (measured by the dispatcher; None when it was not run — every client
         left — so there is no time to learn from).  Call once per batch."""
+        if self._flight:
+            c = self._flight.popleft()
+            if elapsed_ns is not None:
+                # Load is measured, not predicted: a class with sparse traffic runs small
+                # batches that cost far more per row than a full one.
+                self._win_work[c] += elapsed_ns
         if elapsed_ns is not None:
             self.costs.observe(rung, n, elapsed_ns)
         if self._in_flight:

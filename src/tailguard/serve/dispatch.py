@@ -88,6 +88,9 @@ class Dispatcher:
         self.min_batch_call = min_batch_call
         self._soon: asyncio.Handle | None = None
         self._stepping = False
+        self._inline = False
+        #: Total time spent in batches (ns): transports subtract it from their own time.
+        self.batch_ns = 0
         self._timer: asyncio.TimerHandle | None = None
         self._dirty: list[ReplySink] = []
         self._idle_hook: Callable[[], None] | None = None
@@ -176,10 +179,15 @@ class Dispatcher:
     def _step(self) -> None:
         """Run one batch (or hand back what the scheduler dropped), then yield to the loop."""
         self._stepping = True
+        t0, b0 = self._now(), self.batch_ns
         try:
             self._step_once()
         finally:
             self._stepping = False
+        if not self._inline:
+            # A loop callback: what it spent outside the batch (replies written, expiries) is
+            # load the scheduler must see.  Inline steps are part of their read's ingress.
+            self.scheduler.note_ingress(0, self._now() - t0 - (self.batch_ns - b0))
 
     def _step_once(self) -> None:
         if self._soon is not None:
@@ -232,7 +240,9 @@ class Dispatcher:
         # flight by it), even when every client left.
         if jobs:
             self._run_jobs(jobs, batch.rung, batch.class_index)
-            self.scheduler.observe(batch.rung, rows, self._now() - t0)
+            elapsed = self._now() - t0
+            self.batch_ns += elapsed
+            self.scheduler.observe(batch.rung, rows, elapsed)
         else:
             self.scheduler.observe(batch.rung, batch.rows, None)
 
@@ -402,7 +412,11 @@ class Dispatcher:
         batches run from loop callbacks, so other connections' frames are read in between."""
         sched = self.scheduler
         if (sched.total_queued or sched.has_dropped) and not self._stepping:
-            self._step()
+            self._inline = True
+            try:
+                self._step()
+            finally:
+                self._inline = False
         else:
             self._flush()
 

@@ -128,9 +128,13 @@ class BinaryConnection(asyncio.Protocol):
                 self.deliver(Pong(msg.id, self.app.state.value, d.in_flight))  # type: ignore[union-attr]
             else:
                 self._bad_frame(frame, Status.MALFORMED, "unexpected message after the handshake")
-        self.dispatcher.note_ingress(len(frames), self._now() - now)
-        self.dispatcher.flush()
+        d = self.dispatcher
+        b0 = d.batch_ns
+        d.flush()
         self.flush()
+        # This read's cost outside batches (decode, admission, replies written): load the
+        # scheduler accounts for, refused requests included.
+        d.note_ingress(len(frames), self._now() - now - (d.batch_ns - b0))
 
     # -- handshake -----------------------------------------------------------------------------
     def _handshake(self, frame: bytes) -> bool:
