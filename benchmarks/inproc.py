@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import math
 import os
@@ -54,8 +53,9 @@ import numpy as np
 import tailguard
 from tailguard.models.onnx import OnnxRuntime
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVICE_DIR = ROOT / "examples" / "trading"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from example import SERVICE_DIR, ensure_models, example_module, log
+
 BATCH = 64
 N_INSTRUMENTS = 64  # distinct instruments: one per row of the batch
 TICKS_SECONDS = 30.0  # of generated market data, fed as needed (cycled with shifted times)
@@ -69,23 +69,10 @@ TARGETS = (
 )
 
 
-def log(*parts: Any) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
-def example_module(name: str) -> Any:
-    """Import a module of the trading example (``ticks``, ``train``) by file name."""
-    if str(SERVICE_DIR) not in sys.path:
-        sys.path.insert(0, str(SERVICE_DIR))
-    return importlib.import_module(name)
 
 
-def ensure_models() -> None:
-    """Train the example's models when they are missing or pin stale feature versions."""
-    train = example_module("train")
-    if not train.up_to_date(SERVICE_DIR):
-        log("example models missing or outdated: training them (examples/trading/train.py)")
-        train.train(SERVICE_DIR, log=log)
 
 
 # -- timing loops: one per call shape, identical structure, nothing but the call inside ----------

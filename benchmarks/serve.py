@@ -36,7 +36,6 @@ change the exit status.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -53,10 +52,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SERVICE_DIR = ROOT / "examples" / "trading"
 sys.path.insert(0, str(HERE))
 
+from example import SERVICE_DIR, ensure_models, log  # noqa: E402
 from peers.launch import PeerProcess  # noqa: E402
 
 from tailguard.bench import loadgen  # noqa: E402
@@ -83,23 +81,11 @@ TARGETS = (
 )
 
 
-def log(*parts: Any) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 # -- setup ---------------------------------------------------------------------------------------
-def example_module(name: str) -> Any:
-    if str(SERVICE_DIR) not in sys.path:
-        sys.path.insert(0, str(SERVICE_DIR))
-    return importlib.import_module(name)
 
 
-def ensure_models() -> None:
-    """Train the example's models when they are missing or pin stale feature versions."""
-    train = example_module("train")
-    if not train.up_to_date(SERVICE_DIR):
-        log("example models missing or outdated: training them (examples/trading/train.py)")
-        train.train(SERVICE_DIR, log=log)
 
 
 def onnx_service(workdir: Path) -> Path:
