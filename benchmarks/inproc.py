@@ -54,7 +54,7 @@ import tailguard
 from tailguard.models.onnx import OnnxRuntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from example import SERVICE_DIR, ensure_models, example_module, log
+from support.example import SERVICE_DIR, ensure_models, example_module, log
 
 BATCH = 64
 N_INSTRUMENTS = 64  # distinct instruments: one per row of the batch

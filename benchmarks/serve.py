@@ -54,8 +54,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from example import SERVICE_DIR, ensure_models, log  # noqa: E402
 from peers.launch import PeerProcess  # noqa: E402
+from support.example import SERVICE_DIR, ensure_models, log  # noqa: E402
 
 from tailguard.bench import loadgen  # noqa: E402
 from tailguard.bench.compare import Series, interleaved_sequential, max_rate  # noqa: E402

@@ -27,7 +27,7 @@ import numpy as np
 
 from tailguard.clock import Clock, MonotonicClock
 from tailguard.decision import BatchDecision, Decision, Flag
-from tailguard.errors import BudgetExhausted, FeatureError, UnknownPriority, ValidationError
+from tailguard.errors import BudgetExhausted, UnknownPriority, ValidationError
 from tailguard.features.assembler import FeatureAssembler
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.resilience.ladder import LastGood, Rung
@@ -481,6 +481,10 @@ class Engine:
         self._last_observed[rung.index] = te
         return y
 
+    def priority_budgets_ns(self) -> dict[str, int]:
+        """Each priority class's budget in ns."""
+        return {name: budget for name, budget in self._priorities.values()}
+
     def expected_ns(self, rung_index: int, n: int) -> int:
         """The expected inference time of rung ``rung_index`` for a batch of ``n`` rows
         (the model's learned estimate; 0 for rungs that are not models)."""
@@ -495,82 +499,19 @@ class Engine:
                 break
         return reserve
 
-    # -- warm-up ---------------------------------------------------------------------------
+    # -- warm-up (tailguard.warmup does the work) ----------------------------------------------
     def warm_up(self, iterations: int = 200, batch_sizes: tuple[int, ...] = (8, 64)) -> None:
-        """Exercise the whole decision path before traffic: first calls pay for lazy
-        allocations (buffers, views, bindings) that must not land on a real request.
+        """Exercise the whole decision path before traffic (see ``tailguard.warmup.warm_up``)."""
+        from tailguard.warmup import warm_up
 
-        Uses an entity key no store holds (declared defaults) and a context of ones, with the
-        largest class budget; hooks are off and every counter is reset afterwards.  The
-        models' service-time estimates keep what they learned.
-        """
-        keys, many_of, ctx, priority = self._dummy_inputs()
-        emit_one, emit_batch = self._emit_one, self._emit_batch
-        self._emit_one = self._emit_batch = None
-        try:
-            for _ in range(iterations):
-                self.predict(keys, ctx or None, priority=priority)
-            for n in batch_sizes:
-                many = many_of(n)
-                for _ in range(max(iterations // 10, 1)):
-                    self.predict_batch(many, ctx or None, priority=priority)
-        except Exception as exc:
-            # A transform or model that fails on declared defaults and a context of ones
-            # fails the load here, with the service's error type, not at the first request.
-            raise FeatureError(f"the decision path failed during warm-up: {exc!r}") from exc
-        finally:
-            self._emit_one, self._emit_batch = emit_one, emit_batch
-            self.reset_statistics()
-
-    def _dummy_inputs(self) -> tuple[Any, Callable[[int], Any], dict[str, float], str]:
-        """Inputs for warm-up and calibration: an entity key no store holds (declared
-        defaults), a function making N of them, a context of ones and the class with the
-        largest budget."""
-        dummy: dict[str, Any] = {}
-        for e in self._entities:
-            dummy[e] = "\0tailguard-warmup" if self.store.entity_index(e).key_type is str else -(2**62)
-        keys = dummy[self._single] if self._single is not None else (dummy or 0)
-
-        def many_of(n: int) -> Any:
-            if self._single is not None or not self._entities:
-                return [keys] * n
-            return {e: [k] * n for e, k in dummy.items()}
-
-        ctx = dict.fromkeys(self.assembler.context_fields, 1.0)
-        priority = max(self._priorities.values(), key=lambda p: p[1])[0]
-        return keys, many_of, ctx, priority
+        warm_up(self, iterations, batch_sizes)
 
     def calibrate(self, batch_sizes: Sequence[int], repeats: int,
                   observe: Callable[[int, int, int], None], singles_below: int = 0) -> None:
-        """Time ``predict_batch`` from every model rung at every batch size ``repeats`` times
-        on warm-up inputs, reporting ``observe(rung, n, elapsed_ns)`` — how a scheduler learns
-        whole-call costs before traffic (each new batch shape's first call is slow, so every
-        size is run once unrecorded first).  Sizes below ``singles_below`` are timed as that
-        many ``predict`` calls, as a server runs them.  Hooks are off; counters are reset
-        afterwards."""
-        one, many_of, ctx, priority = self._dummy_inputs()
-        emit_one, emit_batch = self._emit_one, self._emit_batch
-        self._emit_one = self._emit_batch = None
-        now = self._now
-        try:
-            for rung in self.rungs:
-                if rung.model is None:
-                    continue
-                r = rung.index
-                for n in batch_sizes:
-                    many = many_of(n)
-                    for i in range(repeats + 1):
-                        t0 = now()
-                        if n < singles_below:
-                            for _ in range(n):
-                                self.predict(one, ctx or None, priority=priority, start_rung=r)
-                        else:
-                            self.predict_batch(many, ctx or None, priority=priority, start_rung=r)
-                        if i:  # the first call at a shape is not typical
-                            observe(r, n, now() - t0)
-        finally:
-            self._emit_one, self._emit_batch = emit_one, emit_batch
-            self.reset_statistics()
+        """Time every model rung at every batch size (see ``tailguard.warmup.calibrate``)."""
+        from tailguard.warmup import calibrate
+
+        calibrate(self, batch_sizes, repeats, observe, singles_below)
 
     def reset_statistics(self) -> None:
         """Zero every counter (not the models' service-time estimates)."""
