@@ -30,13 +30,17 @@ _ANSWER_NOW, _REJECTED = Admit.ANSWER_NOW, Admit.REJECTED
 _EXPIRED, _SHED = Reason.EXPIRED, Reason.SHED_OVERLOAD
 
 
+#: At most one cost refresh per this many ns (see ``Backlog.maybe_refresh``).
+REFRESH_NS = 2_000_000
+
+
 class Backlog(Generic[P]):
     """The queued jobs of every class and the ways they leave other than in a batch (see the
     module docstring).  ``queues`` are in level order; ``total`` counts live jobs."""
 
     __slots__ = ("_heap_limit", "_model_rungs", "_seq", "busy_until", "caps", "cheap",
                  "config", "cost_version", "costs", "counters", "degrade", "dropped", "heap", "min_cost",
-                 "per_row", "per_row_free", "queues", "total")
+                 "per_row", "per_row_free", "queues", "refreshed_ns", "total")
 
     def __init__(self, config: SchedulerConfig, costs: CostModel, counters: Counters) -> None:
         self.config = config
@@ -55,6 +59,7 @@ class Backlog(Generic[P]):
         self._seq = 0
         self._model_rungs = config.model_rungs
         self.cost_version = -1
+        self.refreshed_ns = -(1 << 62)
         #: Per class, per rung: a queued single-row job's share of the work (ns).
         self.per_row = [[0] * n for _ in classes]
         #: The same without the preemption bound (no higher-class traffic lately).
@@ -63,15 +68,36 @@ class Backlog(Generic[P]):
         self.caps: list[float] = [math.inf] * len(classes)
         self.min_cost = 0
 
+    def maybe_refresh(self, now_ns: int, horizon: bool = True) -> None:
+        """``refresh`` unless one ran in the last ``REFRESH_NS``: with noisy timings the cost
+        model moves every few batches, and a refresh (every class, every rung, every batch
+        size) costs far more than admitting a request.  Values lag by at most that long."""
+        if now_ns - self.refreshed_ns >= REFRESH_NS or self.cost_version < 0:
+            self.refreshed_ns = now_ns
+            self.refresh()
+        elif horizon:
+            # The expiry horizon stays exact (two lookups): a stale one could leave a job that
+            # must expire in the queue while its wake-up time says "now".
+            self.min_cost = min(self.costs.expected_ns(r, 1) for r in self._model_rungs)
+
     def refresh(self) -> None:
         """Re-read the cost model (callers first compare ``cost_version`` with its version):
         per model rung the per-job share of a full batch (``per_row``), and the cheapest model
         rung's single-job time (``min_cost``, the expiry horizon)."""
         costs = self.costs
         top = self.config.max_batch_size
-        for c, cap in enumerate(self.caps):
-            self._fill_per_row(self.per_row[c], cap, top)
-            self._fill_per_row(self.per_row_free[c], math.inf, top)
+        # Rows depend on the class only through its cap: fill each distinct cap once.
+        done: dict[float, list[int]] = {}
+        for c, cap in enumerate((*self.caps, math.inf)):
+            row = done.get(cap)
+            if row is None:
+                row = done[cap] = [0] * len(self.cheap)
+                self._fill_per_row(row, cap, top)
+            if c < len(self.caps):
+                self.per_row[c][:] = row
+        free = done[math.inf]
+        for row in self.per_row_free:
+            row[:] = free
         self.min_cost = min(costs.expected_ns(r, 1) for r in self._model_rungs)
         self.cost_version = costs.version
 

@@ -179,7 +179,7 @@ class Scheduler(Generic[P]):
                 return Verdict(_REJECTED, _RATE_LIMITED, job.rung, wait)
         bl = self._backlog
         if bl.cost_version != self.costs.version:
-            bl.refresh()
+            bl.maybe_refresh(now_ns, horizon=False)  # admission does not sweep
         r = job.rung
         if bl.cheap[r]:  # the caller asked for a cheap rung: nothing to queue
             ctr.answered_now[c] += 1
@@ -299,7 +299,7 @@ class Scheduler(Generic[P]):
         if not bl.total:
             return None
         if bl.cost_version != self.costs.version:
-            bl.refresh()
+            bl.maybe_refresh(now_ns)
         start = bl.busy_until if bl.busy_until > now_ns else now_ns
         if bl.heap and bl.heap[0][0] < start + bl.min_cost:
             bl.sweep(now_ns, start)
@@ -421,7 +421,7 @@ class Scheduler(Generic[P]):
         bl = self._backlog
         if bl.total:
             if bl.cost_version != self.costs.version:
-                bl.refresh()
+                bl.maybe_refresh(now_ns)
             start = bl.busy_until if bl.busy_until > now_ns else now_ns
             if bl.heap and bl.heap[0][0] < start + bl.min_cost:
                 bl.sweep(now_ns, start)
