@@ -407,3 +407,25 @@ def test_connect_opens_a_connection_to_every_endpoint(make_server: Make, refused
         assert c.connect() == 2
         assert c.statistics()["endpoints"][f"tcp://{refused}"] == "down"
     assert len(a.conns) == len(b.conns) == 1
+
+
+def test_a_single_endpoint_whose_connection_dies_is_retried_on_a_new_connection(make_server: Make) -> None:
+    """One endpoint, several workers behind it: a worker's death takes one connection, not
+    the endpoint.  The idempotent request is retried on a fresh connection to the same
+    address, and the endpoint stays up."""
+    s = make_server()
+    died: list[int] = []
+
+    def die_once(conn: FakeConn, req: Request) -> None:
+        if not died:  # a worker dies: its connection goes, the listener stays
+            died.append(req.id)
+            conn.close()
+        else:
+            s.echo(conn, req)
+
+    s.script = die_once
+    with Client(s.address, health_interval_s=0) as c:
+        r = c.predict(1)
+        stats = c.statistics()
+    assert r.status == Status.OK and died and stats["retries"] == 1
+    assert stats["connections_opened"] == 2 and stats["endpoints"][f"tcp://{s.address}"] == "up"

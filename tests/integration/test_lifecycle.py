@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -74,3 +75,39 @@ def test_reuseport_workers_share_the_connections(toy_dir: Path) -> None:
         clients = [RawClient(proc.tcp) for _ in range(40)]
         # The kernel hashes each connection to one worker's queue: 40 all on one has p = 2**-39.
         assert {c.welcome.worker for c in clients} == set(proc.workers)
+
+
+def test_a_worker_killed_mid_stream_loses_no_idempotent_request(toy_dir: Path) -> None:
+    """kill -9 the worker holding the client's connection while requests are in flight on it
+    (batch requests of 400 rows, each about a millisecond of work, so replies trickle out):
+    the client retries the lost ones on a new connection (the supervisor keeps the listener;
+    the other worker accepts) and every call returns a decision."""
+    import asyncio
+
+    from tailguard.client import AsyncClient
+
+    n, rows = 12, 400
+    with ServerProcess.start(toy_dir, "--tcp", "127.0.0.1:0", "--workers", "2") as proc:
+        assert proc.tcp is not None
+
+        async def main() -> tuple[list[Any], dict[str, Any], int]:
+            async with AsyncClient(proc.tcp, pool_size=1, timeout_s=10.0, max_retries=3) as client:
+                victim = (await client.welcome()).worker
+                in_flight_at_kill = -1
+
+                async def one(i: int) -> Any:
+                    nonlocal in_flight_at_kill
+                    keys = [f"k{j}" for j in range(i * rows, (i + 1) * rows)]
+                    r = await client.predict_batch(keys, CTX, priority="bulk")
+                    if in_flight_at_kill < 0:  # the first reply: kill the worker that sent it
+                        in_flight_at_kill = sum(client.statistics()["in_flight"].values())
+                        os.kill(victim, signal.SIGKILL)
+                    return r
+
+                results = await asyncio.gather(*(one(i) for i in range(n)))
+                return results, client.statistics(), in_flight_at_kill
+
+        results, stats, in_flight = asyncio.run(asyncio.wait_for(main(), 60))
+    assert len(results) == n and all(r.status == Status.OK and len(r.rungs) == rows for r in results)
+    assert in_flight > 0, "nothing was in flight when the worker died: the test proved nothing"
+    assert stats["retries"] >= 1 and stats["errors"] == {}, stats

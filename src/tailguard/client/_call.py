@@ -9,7 +9,9 @@ behaviour"):
 - status 20-29 was not executed, so it is retried even when not idempotent: elsewhere at
   once when another endpoint is up, else after ``retry_after`` if that fits the time left;
 - status 30-39 and a connection lost with the request in flight are retried only when the
-  request is idempotent (the server may have acted on it);
+  request is idempotent (the server may have acted on it); a lost connection marks its
+  endpoint down only when another is up (otherwise the retry reconnects: to another worker
+  behind the same listener);
 - every retry needs a retry left (``max_retries``) and time left (client deadline and,
   when a budget was given, the budget); each copy carries only the budget still left.
 
@@ -124,7 +126,12 @@ class Call:
         error is raised and the endpoint is not blamed."""
         if fatal is not None and 10 <= fatal.status < 20:
             raise error_from_reply(fatal, slot.label)
-        self.core.health.mark_down(slot, f"connection lost: {cause}")
+        # With another endpoint up, fail over to it (this one is down for its backoff).  With
+        # none, do not mark it down: an endpoint is often several worker processes behind one
+        # listener, and a worker's death takes only its connections — the retry reconnects
+        # to a live worker (if the whole endpoint is gone, that connect fails and says so).
+        if self.core.health.any_up({slot.index}):
+            self.core.health.mark_down(slot, f"connection lost: {cause}")
         err = ConnectionLost(f"connection to {slot.label} lost with the request in flight: {cause}",
                              endpoint=slot.label)
         err.__cause__ = cause

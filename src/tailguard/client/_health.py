@@ -1,7 +1,9 @@
 """Which endpoints may take new requests: up, down (with backoff) or draining.
 
-An endpoint goes DOWN when connecting to it fails or a connection to it is lost with
-requests in flight, and DRAINING when it sends ``Notice(draining)`` or a DRAINING reply.
+An endpoint goes DOWN when connecting to it fails, or when a connection to it is lost with
+requests in flight while another endpoint is up (alone, it stays up and the retry reconnects:
+an endpoint is often several workers behind one listener), and DRAINING when it sends
+``Notice(draining)`` or a DRAINING reply.
 Either way it is skipped for new requests until its backoff (doubling per consecutive
 failure, from ``down_backoff_s`` up to ``max_down_backoff_s``) has passed and a health check
 (connect, handshake, ``Ping`` answered ``Pong(state="ready")``) readmits it.  The checks
