@@ -122,8 +122,12 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.dispatcher.count_error(Status.MALFORMED)
             self._fail_current(400, Status.MALFORMED.code, f"malformed HTTP request: {exc}")
-        self.dispatcher.flush()
+        d = self.dispatcher
+        b0 = d.batch_ns
+        d.flush()
         self.pump()
+        # This read's cost outside batches is load the scheduler accounts for (see tcp.py).
+        d.note_ingress(0, self._now() - self._arrival_ns - (d.batch_ns - b0))
 
     # -- httptools callbacks (inside feed_data) -----------------------------------------------
     def on_message_begin(self) -> None:
