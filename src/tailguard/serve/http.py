@@ -21,13 +21,13 @@ Owner: the event loop thread.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import httptools
 
 from tailguard.schema.wire import Reply, Status
+from tailguard.serve.app import adopt_transport
 from tailguard.serve.endpoints import endpoints_of
 from tailguard.serve.exchange import Exchange
 from tailguard.serve.oip import Call, error_body
@@ -83,11 +83,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = adopt_transport(transport)
         self.app.connections.add(self)
         self._draining = self.app.draining
         self._arm_timer()

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import struct
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -37,6 +36,7 @@ from tailguard.schema.wire import (
     Status,
     Welcome,
 )
+from tailguard.serve.app import adopt_transport
 
 if TYPE_CHECKING:
     from tailguard.serve.app import App
@@ -67,11 +67,7 @@ class BinaryConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = adopt_transport(transport)
         self.app.connections.add(self)
         self._handshake_timer = self.app.loop.call_later(
             self.app.config.handshake_timeout_s, self._handshake_expired
