@@ -55,7 +55,8 @@ class ServeConfig:
     drain_timeout_s: float = 30.0
     busy_poll: bool = False
     side_path_interval_s: float = 0.01
-    side_path_budget_s: float = 200e-6
+    #: Side-path work per tick: short slices, since a request arriving meanwhile waits.
+    side_path_budget_s: float = 50e-6
     reuseport: bool = False
     backlog: int = 4096
     #: Run the cyclic garbage collector from the side-path timer instead of at whatever
