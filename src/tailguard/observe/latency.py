@@ -124,15 +124,23 @@ class LatencyRecorder:
     Owned by the engine's thread (no locks).
     """
 
-    def __init__(self, capacity: int = 1 << 16) -> None:
+    def __init__(self, capacity: int = 1 << 16, stages: tuple[str, ...] = STAGES) -> None:
         self._cap = capacity
         self._ring_one: list[Any] = [None] * capacity
         self._ring_batch: list[Any] = [None] * capacity
         self._head = [0, 0]  # written
         self._tail = [0, 0]  # drained
         self.dropped = 0
-        self.one = StageHistograms()
-        self.batch = StageHistograms()
+        self.stages = stages
+        self.one = StageHistograms(stages)
+        self.batch = StageHistograms(stages)
+
+    def record(self, timings: Any) -> None:
+        """Queue one timing tuple or list in ``stages`` order (reply path: one list store,
+        one increment), for recorders fed by something other than the engine's hooks."""
+        h = self._head[0]
+        self._ring_one[h % self._cap] = timings
+        self._head[0] = h + 1
 
     def on_decision(self, decision: Decision) -> None:
         """Queue one decision's timings (reply path: one list store, one increment)."""

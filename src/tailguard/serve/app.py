@@ -204,7 +204,9 @@ class App:
         if self.state is State.STOPPED:
             return
         try:
-            self.service.run_side_path(self.config.side_path_budget_s)
+            budget = self.config.side_path_budget_s
+            self.service.run_side_path(budget)
+            self.dispatcher.drain_latency(round(budget * 1e9))
             if self._gc is not None:
                 self._gc.tick()
         finally:

@@ -21,8 +21,9 @@ import numpy as np
 
 from tailguard.decision import BatchDecision, Decision
 from tailguard.errors import BudgetExhausted, TailguardError, UnknownPriority, ValidationError
+from tailguard.observe.latency import LatencyRecorder
 from tailguard.scheduler import Admit, Batch, Job, Reason, Scheduler, Verdict
-from tailguard.schema.wire import Reply, Request, Status
+from tailguard.schema.wire import TIMING_NAMES, Reply, Request, Status
 from tailguard.service import Service
 
 __all__ = ["Dispatcher", "ReplySink", "status_of_reason"]
@@ -81,9 +82,13 @@ class Dispatcher:
         spec = service.spec
         self.service_name = spec.name
         self.primary_version = service.engine.rungs[0].label.split("/", 1)[-1]
-        self.class_names = tuple(c.name for c in scheduler.config.classes)
+        self.class_names = scheduler.names  # level order: a job's level_index indexes it
         self.context_fields = tuple(service.engine.assembler.context_fields)
         self.draining = False
+        #: Per class (level order): queue, engine stages and server total of every decision
+        #: answered, in ``TIMING_NAMES`` order (reply path: one list store; aggregated on the
+        #: side path or at scrape time).
+        self.latency = [LatencyRecorder(1 << 14, TIMING_NAMES) for _ in self.class_names]
         #: Micro-batches smaller than this run as single calls (see ``_run_jobs``).
         self.min_batch_call = min_batch_call
         self._soon: asyncio.Handle | None = None
@@ -314,6 +319,7 @@ class Dispatcher:
     def _finish(self, job: WireJob, reply: Reply, late: bool) -> None:
         self.in_flight -= 1
         self.answered += 1
+        self.latency[job.level_index].record(reply.timings_ns)
         if late:
             self.late += 1
         sink = job.payload[1]
@@ -429,6 +435,13 @@ class Dispatcher:
     def idle(self) -> bool:
         """Nothing queued or running."""
         return self.in_flight == 0
+
+    def drain_latency(self, budget_ns: int | None = None) -> int:
+        """Side path: fold queued reply timings into the per-class histograms."""
+        done = 0
+        for rec in self.latency:
+            done += rec.drain(budget_ns)
+        return done
 
     def statistics(self) -> dict[str, Any]:
         """Counters of the door and the replies, plus the scheduler's own."""

@@ -27,12 +27,15 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def _collector(app: App) -> Any:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+    from tailguard.observe.prometheus import ServiceCollector
+
+    engine_collector = ServiceCollector(app.service, {"worker": str(os.getpid())})
+
     class AppCollector:
         def collect(self) -> Iterator[Any]:
             w = str(os.getpid())
             stats = app.statistics()
             d = stats["dispatcher"]
-            e = stats["engine"]
             info = GaugeMetricFamily("tailguard_info", "Served service and active primary model version.",
                                      labels=["service", "model_version", "worker"])
             info.add_metric([app.welcome.service, app.welcome.model_version, w], 1)
@@ -59,25 +62,29 @@ def _collector(app: App) -> Any:
                 errors.add_metric([code, w], n)
             yield errors
             yield from _scheduler_families(d["scheduler"], w)
-            rungs = CounterMetricFamily("tailguard_rung", "Ladder outcomes per rung.",
-                                        labels=["rung", "outcome", "worker"])
-            for rung, r in e["rungs"].items():
-                for outcome in ("answered", "skipped_budget", "failed", "timed_out"):
-                    rungs.add_metric([rung, outcome, w], r[outcome])
-            yield rungs
-            lat = GaugeMetricFamily("tailguard_stage_latency_seconds",
-                                    "Engine stage latency quantiles since start.",
-                                    labels=["stage", "quantile", "worker"])
-            for stage, s in app.service.latency_snapshot().items():
-                if not isinstance(s, dict):
-                    continue
-                for q, key in (("0.5", "p50_us"), ("0.99", "p99_us"), ("0.999", "p999_us"),
-                               ("0.9999", "p9999_us")):
-                    if key in s:
-                        lat.add_metric([stage, q, w], s[key] / 1e6)
-            yield lat
+            yield from engine_collector.collect()
+            yield _server_latency(app, w)
 
     return AppCollector()
+
+
+def _server_latency(app: App, worker: str) -> Any:
+    """Per class: time queued, the engine's stages and the server's total per decision, as
+    histograms (the dispatcher's recorders, drained here and on the side path)."""
+    from prometheus_client.core import HistogramMetricFamily
+
+    from tailguard.observe.prometheus import histogram_buckets
+
+    fam = HistogramMetricFamily("tailguard_server_latency_seconds",
+                                "Per decision, by class: queued, engine stages and server total.",
+                                labels=["class", "stage", "worker"])
+    d = app.dispatcher
+    for cls, rec in zip(d.class_names, d.latency, strict=True):
+        rec.drain()
+        for i, stage in enumerate(rec.stages):
+            buckets, total = histogram_buckets(rec.one, i)
+            fam.add_metric([cls, stage, worker], buckets, total)
+    return fam
 
 
 def _gauge(name: str, doc: str, value: float, worker: str) -> Any:
@@ -127,6 +134,20 @@ def _scheduler_families(s: dict[str, Any], worker: str) -> Iterator[Any]:
                               "Smoothed cost of reading and admitting one request.", labels=["worker"])
         g.add_metric([worker], door["ingress_us"] / 1e6)
         yield g
+    sizes = s.get("batch_sizes")
+    if sizes is not None:
+        from prometheus_client.core import HistogramMetricFamily
+
+        # The scheduler counts batches per power-of-two bucket of jobs (``{upper: n}``).
+        hist = HistogramMetricFamily("tailguard_batch_jobs", "Jobs per micro-batch (power-of-two buckets).",
+                                     labels=["worker"])
+        cum, buckets = 0, []
+        for k in range(13):
+            cum += sizes.get(1 << k, 0)
+            buckets.append((str(1 << k), float(cum)))
+        buckets.append(("+Inf", float(sum(sizes.values()))))
+        hist.add_metric([worker], buckets, float(sum(s.get("batched", {}).values())))
+        yield hist
     for name, key, doc in (
         ("tailguard_batches", "batches", "Micro-batches run."),
         ("tailguard_starvation_guard", "starvation_guard",

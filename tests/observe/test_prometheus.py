@@ -1,0 +1,114 @@
+"""Prometheus exposition: histogram buckets from the numpy HDR counts, an embedded engine's
+families, and a Grafana dashboard that queries only metrics that exist."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from toyservice import CTX
+
+from tailguard import Service
+from tailguard.observe.latency import StageHistograms
+from tailguard.observe.prometheus import LATENCY_BUCKETS_S, histogram_buckets, render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def hist_of(values: list[int]) -> StageHistograms:
+    h = StageHistograms(("x",))
+    h.record_many([(v,) for v in values])
+    return h
+
+
+def test_buckets_count_the_values_at_or_below_each_bound() -> None:
+    buckets, total = histogram_buckets(hist_of([1_500, 3_000, 2_000_000, 50_000_000]), 0)
+    by_le = dict(buckets)
+    assert (by_le["1e-06"], by_le["2e-06"], by_le["5e-06"], by_le["0.002"], by_le["0.05"], by_le["+Inf"]) == (
+        0, 1, 2, 3, 4, 4)
+    assert total == pytest.approx(0.0520045)  # exact sum, seconds
+
+
+def test_buckets_are_cumulative_and_end_with_inf() -> None:
+    buckets, _ = histogram_buckets(hist_of([10, 10_000, 10_000_000, 9_000_000_000]), 0)
+    counts = [c for _, c in buckets]
+    assert counts == sorted(counts) and buckets[-1] == ("+Inf", 4.0)
+    assert len(buckets) == len(LATENCY_BUCKETS_S) + 1
+
+
+@given(st.lists(st.integers(1, 20_000_000_000), min_size=1, max_size=200))
+def test_bucket_counts_match_the_values_within_hdr_resolution(values: list[int]) -> None:
+    buckets, _ = histogram_buckets(hist_of(values), 0)
+    v = np.array(values)
+    for (le, count), bound_s in zip(buckets, LATENCY_BUCKETS_S, strict=False):
+        bound = bound_s * 1e9
+        assert (v <= bound * (1 - 1e-3)).sum() <= count <= (v <= bound * (1 + 1e-3)).sum(), le
+
+
+def test_an_embedded_engine_renders_its_decisions(service: Service) -> None:
+    for _ in range(7):
+        service.engine.predict("a", CTX)
+    service.engine.predict_batch(["a", "b"], CTX)
+    fams = {f.name: f for f in text_string_to_metric_families(render(service, {"replica": "r1"}).decode())}
+    lat = fams["tailguard_stage_latency_seconds"]
+    count = {(s.labels["stage"], s.labels["call"]): s.value for s in lat.samples if s.name.endswith("_count")}
+    assert count[("total", "predict")] == 7 and count[("total", "predict_batch")] == 1
+    assert all(s.labels["replica"] == "r1" for s in lat.samples)
+    answered = [s for s in fams["tailguard_rung"].samples if s.labels["outcome"] == "answered"]
+    assert sum(s.value for s in answered) == 9  # 7 + 2 rows
+    assert {s.labels["model"] for s in fams["tailguard_model_info"].samples} == {"primary", "fast"}
+
+
+SUFFIXES = {"counter": ("",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def exposed_names(text: str) -> set[str]:
+    """Every series name a query may use: declared families (even with no sample yet, e.g. no
+    reject so far) with their type's suffixes."""
+    out = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            out.update(name + s for s in SUFFIXES.get(kind, ("",)))
+    return out
+
+
+def test_the_grafana_dashboard_queries_only_exposed_metrics(toy_dir: Path) -> None:
+    from tailguard import load_service
+    from tailguard.schema.wire import Request
+    from tailguard.serve.app import App, ServeConfig, State
+    from tailguard.serve.metrics import render as render_server
+
+    loop = asyncio.new_event_loop()
+    app = App(load_service(toy_dir, freeze_gc=False), ServeConfig(calibrate=False), loop)
+    app.state = State.READY
+
+    class Sink:
+        closed = False
+
+        def deliver(self, reply: object) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+    try:
+        for i in range(5):
+            app.dispatcher.submit(Request(i, "a", CTX, priority="nope" if i == 4 else ""),
+                                  app.clock.now_ns(), Sink())
+        app.dispatcher.flush()
+        names = exposed_names(render_server(app)[0].decode())
+    finally:
+        app.stop()
+        loop.close()
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "tailguard-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"tailguard_[a-z_]+", e)}
+    assert queried and queried <= names, sorted(queried - names)
