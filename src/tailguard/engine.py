@@ -481,6 +481,11 @@ class Engine:
         self._last_observed[rung.index] = te
         return y
 
+    def last_features(self, n: int) -> np.ndarray:
+        """The feature rows the last call filled (``n`` of them; 1 after ``predict``): a view of
+        the engine's buffer, valid until the next call — side-path hooks copy what they keep."""
+        return self._wide[:n]
+
     def priority_budgets_ns(self) -> dict[str, int]:
         """Each priority class's budget in ns."""
         return {name: budget for name, budget in self._priorities.values()}

@@ -1,0 +1,1 @@
+"""A tamper-evident log of every decision (docs/audit.md): format, writer, verifier."""
