@@ -63,7 +63,8 @@ def test_every_decision_is_recorded_with_its_features_and_outputs(service: Servi
     assert np.frombuffer(recs[0].outputs, dtype=np.float64).tolist() == d.outputs.tolist()
     feats = np.frombuffer(recs[0].features, dtype=np.float32)
     assert feats.size == recs[0].width == service.engine.assembler.width
-    assert recs[5].rungs == [0, 0] and len(np.frombuffer(recs[5].features, dtype=np.float32)) == 2 * recs[5].width
+    batch_feats = np.frombuffer(recs[5].features, dtype=np.float32)
+    assert recs[5].rungs == [0, 0] and len(batch_feats) == 2 * recs[5].width
 
 
 def test_the_reply_path_only_queues(service: Service, log: AuditLog) -> None:

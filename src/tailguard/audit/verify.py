@@ -134,7 +134,8 @@ def verify(directory: str | Path, key: bytes, service: str | None = None) -> Ver
         if end_offset < size:
             if k < len(files) - 1:
                 return _fail(report, Problem(name, count, end_offset, "truncated entry"))
-            report.warnings.append(f"{name}: torn last entry at byte {end_offset} (the writer died mid-write)")
+            report.warnings.append(f"{name}: torn last entry at byte {end_offset} "
+                                   "(the writer died mid-write)")
         if not closed:
             if k < len(files) - 1:
                 return _fail(report, Problem(name, count, end_offset,
