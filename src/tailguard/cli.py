@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tailguard.errors import TailguardError
+from tailguard.errors import SpecError, TailguardError
 
 __all__ = ["main"]
 
@@ -110,8 +110,38 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         busy_poll=args.busy_poll,
         reuseport=args.reuseport,
+        audit_dir=args.audit_dir,
+        audit_key_file=args.audit_key_file,
+        audit_fsync_s=args.audit_fsync_ms / 1e3,
     )
+    if (args.audit_dir is None) != (args.audit_key_file is None):
+        raise SpecError("--audit-dir and --audit-key-file go together")
     return serve(args.service_dir, config, args.ready_file)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from tailguard.audit.log import load_key, new_key
+    from tailguard.audit.verify import verify
+
+    if args.audit_command == "keygen":
+        new_key(args.path)
+        print(f"wrote a new 32-byte audit key to {args.path} (mode 0600)")
+        return 0
+    key = load_key(args.key_file)
+    if args.audit_command == "verify":
+        report = verify(args.directory, key, args.service)
+        out = report.as_dict()
+    else:
+        from tailguard.audit.replay import replay
+        from tailguard.service import load_service
+
+        out = replay(args.directory, key, load_service(args.service_dir)).as_dict()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k}: {v}")
+    return 0 if out["ok"] else 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,7 +181,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for accepted requests to finish")
     s.add_argument("--ready-file", help="write the bound addresses here (JSON) once serving")
+    s.add_argument("--audit-dir", help="log every decision here (one MAC-chained log per worker)")
+    s.add_argument("--audit-key-file", help="the audit key (tailguard audit keygen)")
+    s.add_argument("--audit-fsync-ms", type=float, default=50.0,
+                   help="fsync the audit log at most this often (0: after every write)")
     s.set_defaults(fn=_serve)
+    a = sub.add_parser("audit", help="the tamper-evident decision log: keygen, verify, replay")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    k = asub.add_parser("keygen", help="write a new random key")
+    k.add_argument("path")
+    v = asub.add_parser("verify", help="check the MAC chain and structure; exit 1 naming the first bad entry")
+    v.add_argument("directory")
+    v.add_argument("--key-file", required=True)
+    v.add_argument("--service", help="the service name the log must belong to")
+    v.add_argument("--json", action="store_true")
+    r = asub.add_parser("replay", help="re-run recorded decisions; exit 1 if any output differs")
+    r.add_argument("directory")
+    r.add_argument("service_dir")
+    r.add_argument("--key-file", required=True)
+    r.add_argument("--json", action="store_true")
+    for p_ in (k, v, r):
+        p_.set_defaults(fn=_audit)
     from tailguard.bench.cli import register
 
     register(sub)

@@ -19,7 +19,8 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from tailguard import __version__
 from tailguard.clock import Clock
@@ -29,6 +30,9 @@ from tailguard.schema.wire import Welcome
 from tailguard.serve.config import scheduler_config
 from tailguard.serve.dispatch import Dispatcher, Payload
 from tailguard.service import Service
+
+if TYPE_CHECKING:
+    from tailguard.audit.log import AuditLog
 
 __all__ = ["App", "ServeConfig", "State", "adopt_transport"]
 
@@ -64,6 +68,10 @@ class ServeConfig:
     gc_on_side_path: bool = True
     #: Time every batch size once at start (the scheduler's cost model starts from measurements).
     calibrate: bool = True
+    #: Log every decision to ``audit_dir/<worker pid>`` with this key file (both or neither).
+    audit_dir: str | None = None
+    audit_key_file: str | None = None
+    audit_fsync_s: float = 0.05
     #: Micro-batches smaller than this run as one engine call per request (a batch call has
     #: a fixed cost: about 50 µs against 10 µs per single call for the trading example).
     min_batch_call: int = 6
@@ -144,6 +152,13 @@ class App:
         self._side_timer: asyncio.TimerHandle | None = None
         self.metrics_registry: Any = None  # made by serve.metrics on the first scrape
         self._gc: SidePathGC | None = SidePathGC() if config.gc_on_side_path else None
+        self.audit: AuditLog | None = None
+        if config.audit_dir and config.audit_key_file:
+            from tailguard.audit.log import AuditLog, load_key
+
+            self.audit = AuditLog(Path(config.audit_dir) / str(os.getpid()), load_key(config.audit_key_file),
+                                  service.spec.name, engine, fsync_interval_s=config.audit_fsync_s)
+            engine.set_hooks([*engine.hooks, self.audit])
         self.welcome = Welcome(
             1,
             f"tailguard/{__version__}",
@@ -207,6 +222,8 @@ class App:
             budget = self.config.side_path_budget_s
             self.service.run_side_path(budget)
             self.dispatcher.drain_latency(round(budget * 1e9))
+            if self.audit is not None:
+                self.audit.drain(round(budget * 1e9))
             if self._gc is not None:
                 self._gc.tick()
         finally:
@@ -244,6 +261,8 @@ class App:
             self._side_timer.cancel()
         if self._gc is not None:
             self._gc.close()
+        if self.audit is not None:
+            self.audit.close()  # everything accepted was answered: write it all, then close
         for server in self._servers:
             server.close()
         for conn in list(self.connections):

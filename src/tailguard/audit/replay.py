@@ -1,0 +1,110 @@
+"""Replaying recorded decisions (``tailguard audit replay``): same model, same features, same
+outputs — bit for bit.
+
+Each ``DecisionRecord`` holds the exact float32 feature rows the engine scored and the rung
+that answered each row.  Replay verifies the log first (an unverified log is never
+replayed), then, per row answered by a model rung, runs that rung's model of the loaded
+service on the recorded row (gathered to the model's inputs exactly as the engine does) and
+compares the float64 outputs by their bytes; rows answered by the declared default are
+compared with it; rows answered by a last-good answer depend on history the log does not
+replay and are counted as skipped.  A record whose model version is not the one loaded is
+a mismatch with its reason, not a silent pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from tailguard.audit.format import DecisionRecord, Entry
+from tailguard.audit.verify import read_entries, segments, verify
+from tailguard.errors import TailguardError
+from tailguard.service import Service
+from tailguard.spec import RungKind
+
+__all__ = ["ReplayReport", "replay"]
+
+_DECODER = msgspec.msgpack.Decoder(Entry)
+
+
+@dataclass
+class ReplayReport:
+    """Rows compared, equal and different (``mismatches``: seq, row, reason, at most 100)."""
+
+    records: int = 0
+    rows: int = 0
+    equal: int = 0
+    different: int = 0
+    skipped: int = 0
+    mismatches: list[tuple[int, int, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every compared row reproduced exactly."""
+        return self.different == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"ok": self.ok, "records": self.records, "rows": self.rows, "equal": self.equal,
+                "different": self.different, "skipped": self.skipped,
+                "mismatches": [list(m) for m in self.mismatches]}
+
+
+def replay(directory: str | Path, key: bytes, service: Service) -> ReplayReport:
+    """Re-run every recorded decision of ``directory`` against ``service``'s models."""
+    check = verify(directory, key, service.spec.name)
+    if not check.ok:
+        raise TailguardError(f"the audit log does not verify, refusing to replay: {check.problem}")
+    engine = service.engine
+    rungs = engine.rungs
+    width = engine.assembler.width
+    report = ReplayReport()
+    for path in segments(directory):
+        for _, _, payload, _ in read_entries(path):
+            rec = _DECODER.decode(payload)
+            if type(rec) is not DecisionRecord:
+                continue
+            report.records += 1
+            if rec.width != width:
+                _differ(report, rec.seq, -1, f"recorded {rec.width} features, the service has {width}")
+                continue
+            feats = np.frombuffer(rec.features, dtype=np.float32).reshape(-1, width)
+            outs = np.frombuffer(rec.outputs, dtype=np.float64).reshape(-1, rec.n_outputs)
+            for row, r in enumerate(rec.rungs):
+                report.rows += 1
+                rung = rungs[r] if 0 <= r < len(rungs) else None
+                if rung is None:
+                    _differ(report, rec.seq, row, f"rung {r} does not exist")
+                elif rung.kind is RungKind.LAST_GOOD:
+                    report.skipped += 1
+                elif rung.kind is RungKind.DEFAULT:
+                    _compare(report, rec.seq, row, outs[row], np.asarray(rung.default, dtype=np.float64))
+                else:
+                    model = rung.model
+                    assert model is not None
+                    # A batch answered by several model rungs names the first one only.
+                    if rung.label != rec.model_version and len(set(rec.rungs)) == 1:
+                        _differ(report, rec.seq, row,
+                                f"recorded by {rec.model_version!r}, loaded {rung.label!r}")
+                        continue
+                    x = np.ascontiguousarray(feats[row : row + 1])
+                    y = model.runtime.run(x if rung.cols is None else x[:, rung.cols].copy())
+                    _compare(report, rec.seq, row, outs[row], y[0])
+    return report
+
+
+def _compare(report: ReplayReport, seq: int, row: int, recorded: np.ndarray, now: np.ndarray) -> None:
+    if recorded.tobytes() == np.asarray(now, dtype=np.float64).tobytes():
+        report.equal += 1
+    else:
+        _differ(report, seq, row, f"recorded {recorded.tolist()}, replayed {np.asarray(now).tolist()}")
+
+
+def _differ(report: ReplayReport, seq: int, row: int, reason: str) -> None:
+    report.different += 1
+    if len(report.mismatches) < 100:
+        report.mismatches.append((seq, row, reason))
