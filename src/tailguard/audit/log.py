@@ -16,6 +16,7 @@ Owner: the engine's thread (hooks and drain); no locks.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -71,6 +72,8 @@ class AuditLog:
     def __init__(self, directory: str | Path, key: bytes, service: str, engine: Engine, *,
                  capacity: int = 65_536, fsync_interval_s: float = 0.05,
                  segment_bytes: int = 64 << 20) -> None:
+        if sys.byteorder != "little":  # the format stores the engine's arrays as they are
+            raise AuditError("the audit format is little-endian; this host is not")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.key = key
