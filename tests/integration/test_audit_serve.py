@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CTX, RawClient
+from rawclient import CTX, RawClient
 
 from tailguard.audit.verify import read_entries
 from tailguard.schema.wire import Status

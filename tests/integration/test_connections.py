@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import CTX, RawClient
+from rawclient import CTX, RawClient
 
 from tailguard.schema.frames import encode_frame
 from tailguard.schema.wire import Hello, Status

@@ -6,7 +6,7 @@ import socket
 import struct
 
 import msgspec
-from conftest import CTX, RawClient
+from rawclient import CTX, RawClient
 
 from tailguard.schema.frames import encode_frame
 from tailguard.schema.wire import Hello, Pong, Refused, Reply, Request, Status, Welcome

@@ -159,7 +159,7 @@ def test_metrics_are_prometheus_text(server: Server) -> None:
 # -- inference ---------------------------------------------------------------------------------------
 def test_infer_answers_one_decision(server: Server) -> None:
     status, body, _ = call(server.client(), "POST", "/v2/models/toy/infer",
-                           infer_body(id="req-1", parameters={"priority": "critical", "timeout": 100_000}))
+                           infer_body(id="req-1", parameters={"priority": "normal", "timeout": 100_000}))
     assert status == 200 and body["id"] == "req-1" and body["model_name"] == "toy"
     (out,) = body["outputs"]
     assert (out["name"], out["shape"], out["datatype"]) == ("p", [1], "FP64") and 0 <= out["data"][0] <= 1

@@ -142,7 +142,7 @@ class App:
             sizes = sorted({*range(1, min(sconf.max_batch_size, 16) + 1),
                             *(1 << k for k in range(4, sconf.max_batch_size.bit_length() + 1)
                               if 1 << k <= sconf.max_batch_size), sconf.max_batch_size})
-            engine.calibrate(sizes, 3, costs.observe, singles_below=config.min_batch_call)
+            engine.calibrate(sizes, 8, costs.observe, singles_below=config.min_batch_call)
         self.scheduler: Scheduler[Payload] = Scheduler(sconf, costs)
         self.dispatcher = Dispatcher(service, self.scheduler, loop, config.min_batch_call)
         self.state = State.STARTING
