@@ -10,6 +10,7 @@ Runs in the task that made the call, on the client's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from tailguard.client._channel import Lost
@@ -78,9 +79,8 @@ async def await_legs(
             if not fut.done():
                 timer = asyncio.get_running_loop().call_later((wake - now) / 1e9, _expire, fut)
                 try:
-                    await fut
-                except Exception:  # Lost or _Expired: examined below
-                    pass
+                    with contextlib.suppress(Exception):  # Lost or _Expired: examined below
+                        await fut
                 finally:
                     timer.cancel()
         elif not any(leg.fut.done() for leg in legs):
