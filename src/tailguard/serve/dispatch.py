@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from tailguard.decision import BatchDecision, Decision
-from tailguard.errors import BudgetExhausted, TailguardError, UnknownPriority, ValidationError
+from tailguard.errors import TailguardError, UnknownPriority, ValidationError
 from tailguard.observe.latency import LatencyRecorder
 from tailguard.scheduler import Admit, Batch, Job, Reason, Scheduler, Verdict
 from tailguard.schema.wire import TIMING_NAMES, Reply, Request, Status
@@ -268,9 +268,7 @@ class Dispatcher:
                     d = engine.predict(req.keys, req.context, priority=pname,
                                        deadline_ns=job.deadline_ns, start_rung=rung)
                     self._deliver_one(job, d, start)
-            except TailguardError as exc:
-                self._fail(job, exc)
-            except Exception as exc:  # a bug must cost one request, never the server
+            except Exception as exc:  # errors get their status; a bug costs one request, not the server
                 self._fail(job, exc)
             return
         if len(jobs) < self.min_batch_call:
@@ -364,14 +362,10 @@ class Dispatcher:
 
     def _fail(self, job: WireJob, exc: BaseException) -> None:
         self.in_flight -= 1
-        if isinstance(exc, UnknownPriority):
-            status = Status.UNKNOWN_PRIORITY
-        elif isinstance(exc, TailguardError):
+        if isinstance(exc, TailguardError):
             status = _ERROR_STATUS.get(exc.code, Status.MODEL_ERROR)
         else:
             status = Status.INTERNAL
-        if isinstance(exc, BudgetExhausted):
-            status = Status.BUDGET_EXHAUSTED
         field = getattr(exc, "field", "")
         self.count_error(status)
         sink = job.payload[1]
