@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +45,7 @@ _DEGRADED = int(Flag.DEGRADED)
 _MODEL, _LAST_GOOD, _DEFAULT = RungKind.MODEL, RungKind.LAST_GOOD, RungKind.DEFAULT
 
 
+@runtime_checkable
 class DecisionHook(Protocol):
     """A side-path consumer.  Called on the owner thread after the reply is formed: O(1) only."""
 

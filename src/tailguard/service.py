@@ -15,9 +15,9 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tailguard.clock import Clock, MonotonicClock
 from tailguard.engine import DecisionHook, Engine
@@ -32,7 +32,21 @@ from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.resilience.ladder import compile_ladder
 from tailguard.spec import RungKind, ServiceSpec, load_spec
 
-__all__ = ["Service", "load_service", "tune_gc"]
+__all__ = ["Service", "SideTask", "load_service", "tune_gc"]
+
+
+@runtime_checkable
+class SideTask(Protocol):
+    """Work done off the reply path (audit writer, drift monitor, trace exporter...).
+
+    ``drain(budget_ns)`` does queued work for at most ``budget_ns`` of real time (None:
+    everything) and returns how many items it processed; ``close()`` finishes and releases
+    what the task holds.  Both run on the owner thread, between requests.
+    """
+
+    def drain(self, budget_ns: int | None = None) -> int: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -47,6 +61,19 @@ class Service:
     models: dict[str, LoadedModel]
     engine: Engine
     latency: LatencyRecorder | None
+    side_tasks: list[SideTask] = field(default_factory=list)
+
+    def attach(self, task: SideTask) -> None:
+        """Run ``task`` on this service's side path; when it also has ``on_decision`` and
+        ``on_batch`` it is installed as an engine hook (it then sees every decision)."""
+        if isinstance(task, DecisionHook):
+            self.engine.set_hooks([*self.engine.hooks, task])
+        self.side_tasks.append(task)
+
+    def close(self) -> None:
+        """Close every attached side task (writes what they still hold), newest first."""
+        while self.side_tasks:
+            self.side_tasks.pop().close()
 
     @property
     def feature_versions(self) -> dict[str, str]:
@@ -54,12 +81,15 @@ class Service:
         return {n: v.version for n, v in self.views.items()}
 
     def run_side_path(self, budget_s: float | None = None) -> int:
-        """Do queued side-path work (model probes, histogram aggregation) on the owner
+        """Do queued side-path work (model probes, histogram aggregation, attached tasks) on the owner
         thread in idle time, for at most ``budget_s`` (None: everything queued).  Returns
         the number of items processed (0: nothing was pending)."""
         if budget_s is None:
             n = self.engine.run_side_path()
-            return n + (self.latency.drain() if self.latency is not None else 0)
+            n += self.latency.drain() if self.latency is not None else 0
+            for task in self.side_tasks:
+                n += task.drain(None)
+            return n
         # The real clock, not the injected one: this bounds real CPU time spent in an idle gap.
         end = time.perf_counter_ns() + int(budget_s * 1e9)
         n = self.engine.run_side_path(end - time.perf_counter_ns())
@@ -67,6 +97,9 @@ class Service:
             left = end - time.perf_counter_ns()
             if left > 0:
                 n += self.latency.drain(left)
+        # Each task gets at least a small slice, so a busy early task cannot starve the others.
+        for task in self.side_tasks:
+            n += task.drain(max(end - time.perf_counter_ns(), 5_000))
         return n
 
     def latency_snapshot(self) -> dict[str, Any]:

@@ -158,7 +158,7 @@ class App:
 
             self.audit = AuditLog(Path(config.audit_dir) / str(os.getpid()), load_key(config.audit_key_file),
                                   service.spec.name, engine, fsync_interval_s=config.audit_fsync_s)
-            engine.set_hooks([*engine.hooks, self.audit])
+            service.attach(self.audit)
         self.welcome = Welcome(
             1,
             f"tailguard/{__version__}",
@@ -222,8 +222,6 @@ class App:
             budget = self.config.side_path_budget_s
             self.service.run_side_path(budget)
             self.dispatcher.drain_latency(round(budget * 1e9))
-            if self.audit is not None:
-                self.audit.drain(round(budget * 1e9))
             if self._gc is not None:
                 self._gc.tick()
         finally:
@@ -261,8 +259,7 @@ class App:
             self._side_timer.cancel()
         if self._gc is not None:
             self._gc.close()
-        if self.audit is not None:
-            self.audit.close()  # everything accepted was answered: write it all, then close
+        self.service.close()  # everything accepted was answered: side tasks write it all, then close
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
