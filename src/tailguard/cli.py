@@ -110,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         busy_poll=args.busy_poll,
         reuseport=args.reuseport,
+        metrics=args.metrics,
         audit_dir=args.audit_dir,
         audit_key_file=args.audit_key_file,
         audit_fsync_s=args.audit_fsync_ms / 1e3,
@@ -181,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for accepted requests to finish")
     s.add_argument("--ready-file", help="write the bound addresses here (JSON) once serving")
+    s.add_argument("--metrics", metavar="HOST:PORT",
+                   help="one /metrics for all workers (the supervisor scrapes and merges them)")
     s.add_argument("--audit-dir", help="log every decision here (one MAC-chained log per worker)")
     s.add_argument("--audit-key-file", help="the audit key (tailguard audit keygen)")
     s.add_argument("--audit-fsync-ms", type=float, default=50.0,

@@ -18,6 +18,7 @@ from toyservice import CTX
 from tailguard import Service
 from tailguard.observe.latency import StageHistograms
 from tailguard.observe.prometheus import LATENCY_BUCKETS_S, histogram_buckets, render
+from tailguard.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +113,35 @@ def test_the_grafana_dashboard_queries_only_exposed_metrics(toy_dir: Path) -> No
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queried = {m for e in exprs for m in re.findall(r"tailguard_[a-z_]+", e)}
     assert queried and queried <= names, sorted(queried - names)
+
+
+def test_feature_ages_are_the_time_since_each_entitys_last_write(service: Service, clock: FakeClock) -> None:
+    from toyservice import feed
+
+    feed(service, "a")
+    clock.advance(2.0)
+    feed(service, "b")
+    clock.advance(1.0)  # a: 3 s old, b: 1 s old
+    fams = {f.name: f for f in text_string_to_metric_families(render(service).decode())}
+    ages = {s.labels["quantile"]: s.value for s in fams["tailguard_feature_age_seconds"].samples
+            if s.labels["view"] == "stats"}
+    assert ages["1"] == pytest.approx(3.0) and ages["0.5"] == pytest.approx(2.0)
+    rows = {s.labels["view"]: s.value for s in fams["tailguard_feature_rows"].samples}
+    assert rows == {"stats": 2}  # the request-time view has no stored rows
+
+
+def test_an_attached_drift_monitors_scores_are_exported(service: Service) -> None:
+    class Scores:  # any side task that reports drift scores
+        def drift_scores(self) -> dict[str, float]:
+            return {"psi:price_ewm": 0.31, "ks:prediction": 0.05}
+
+        def drain(self, budget_ns: int | None = None) -> int:
+            return 0
+
+        def close(self) -> None:
+            return None
+
+    service.attach(Scores())
+    fams = {f.name: f for f in text_string_to_metric_families(render(service).decode())}
+    got = {(s.labels["metric"], s.labels["signal"]): s.value for s in fams["tailguard_drift_score"].samples}
+    assert got == {("psi", "price_ewm"): 0.31, ("ks", "prediction"): 0.05}

@@ -23,7 +23,7 @@ from tailguard.observe.latency import StageHistograms, bucket_index
 if TYPE_CHECKING:
     from tailguard.service import Service
 
-__all__ = ["LATENCY_BUCKETS_S", "ServiceCollector", "histogram_buckets", "render"]
+__all__ = ["AGE_QUANTILES", "LATENCY_BUCKETS_S", "ServiceCollector", "histogram_buckets", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -117,6 +117,52 @@ class ServiceCollector:
         for name, version in svc.feature_versions.items():
             views.add_metric([name, version, *values], 1)
         yield views
+        yield from _feature_ages(svc, names, values)
+        yield from _drift_scores(svc, names, values)
+
+
+#: Quantiles of the stored feature rows' ages exported per view.
+AGE_QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+
+def _feature_ages(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
+    """Per stored view: quantiles of the age of every entity's row (time since its last write)
+    and how many entities have one — computed at scrape time over the store's write times."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    ages = GaugeMetricFamily("tailguard_feature_age_seconds",
+                             "Age of the stored feature rows per view (time since last write), by quantile "
+                             "over entities (1 = the oldest).", labels=["view", "quantile", *names])
+    rows = GaugeMetricFamily("tailguard_feature_rows", "Entities with a written row per stored view.",
+                             labels=["view", *names])
+    for name, view in svc.views.items():
+        if view.is_request:
+            continue  # a request-time view has no stored rows
+        a = svc.store.view_ages_ns(name)
+        rows.add_metric([name, *values], len(a))
+        if len(a):
+            qs = np.quantile(a, AGE_QUANTILES) / 1e9
+            for q, v in zip(AGE_QUANTILES, qs.tolist(), strict=True):
+                ages.add_metric([name, f"{q:g}", *values], v)
+    yield ages
+    yield rows
+
+
+def _drift_scores(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
+    """Latest drift scores of any attached side task that reports them (``drift_scores()``:
+    ``{"<metric>:<signal>": value}``, e.g. ``psi:spread``)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    fam = GaugeMetricFamily("tailguard_drift_score", "Latest drift score per signal (PSI, KS, detectors).",
+                            labels=["metric", "signal", *names])
+    for task in svc.side_tasks:
+        scores = getattr(task, "drift_scores", None)
+        if scores is None:
+            continue
+        for key, v in scores().items():
+            metric, _, signal = key.partition(":")
+            fam.add_metric([metric, signal, *values], float(v))
+    yield fam
 
 
 def render(service: Service, labels: dict[str, str] | None = None) -> bytes:

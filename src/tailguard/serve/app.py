@@ -63,6 +63,11 @@ class ServeConfig:
     side_path_budget_s: float = 50e-6
     reuseport: bool = False
     backlog: int = 4096
+    #: ``HOST:PORT`` of one ``/metrics`` for all workers (the supervisor merges them; with one
+    #: worker it is one more HTTP listener of that worker).
+    metrics: str | None = None
+    #: Set by the supervisor: each worker serves HTTP on ``<dir>/<pid>.sock`` for it to scrape.
+    metrics_socket_dir: str | None = None
     #: Run the cyclic garbage collector from the side-path timer instead of at whatever
     #: allocation happens to cross its threshold (which lands a pause on a request).
     gc_on_side_path: bool = True

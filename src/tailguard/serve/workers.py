@@ -20,10 +20,12 @@ import dataclasses
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,6 +76,8 @@ def bind_listeners(config: ServeConfig, *, listen: bool = True) -> list[Listener
         out.append(("unix", _unix_socket(config.unix)))
     if config.http:
         out.append(("http", _tcp_socket(config.http, reuseport=config.reuseport)))
+    if config.metrics and config.workers <= 1:
+        out.append(("http", _tcp_socket(config.metrics, reuseport=False)))
     if listen:
         for kind, sock in out:
             if not (config.reuseport and kind != "unix"):
@@ -123,6 +127,12 @@ def run_worker(service_dir: str, config: ServeConfig, listeners: Sequence[Listen
     loop = new_loop(config)
     asyncio.set_event_loop(loop)
     app = App(service, config, loop)
+    private = None
+    if config.metrics_socket_dir:  # the supervisor's aggregated /metrics scrapes us here
+        private = Path(config.metrics_socket_dir) / f"{os.getpid()}.sock"
+        sock = _unix_socket(str(private))
+        sock.listen(64)
+        listeners = [*listeners, ("http", sock)]
     try:
         loop.run_until_complete(app.start(listeners))
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -134,6 +144,8 @@ def run_worker(service_dir: str, config: ServeConfig, listeners: Sequence[Listen
     finally:
         service.engine.close()
         loop.close()
+        if private is not None:
+            private.unlink(missing_ok=True)
     return 0
 
 
@@ -196,8 +208,19 @@ def supervise(service_dir: str, config: ServeConfig, listeners: Sequence[Listene
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    workers = [_spawn(service_dir, config, listeners) for _ in range(config.workers)]
     restarts = 0
+    aggregator = None
+    if config.metrics:
+        from tailguard.serve.aggregate import MetricsAggregator
+
+        address = parse_hostport(config.metrics)
+        run_dir = tempfile.mkdtemp(prefix="tailguard-metrics-")
+        config = dataclasses.replace(config, metrics_socket_dir=run_dir)
+        aggregator = MetricsAggregator(address, run_dir,
+                                       expected=lambda: config.workers, restarts=lambda: restarts)
+        aggregator.start()
+        info = {**info, "metrics": aggregator.address}
+    workers = [_spawn(service_dir, config, listeners) for _ in range(config.workers)]
     backoff = 0.1
     published = False
     while not stopping:
@@ -238,6 +261,9 @@ def supervise(service_dir: str, config: ServeConfig, listeners: Sequence[Listene
         except subprocess.TimeoutExpired:
             w.proc.kill()
             w.proc.wait()
+    if aggregator is not None:
+        aggregator.close()
+        shutil.rmtree(aggregator.run_dir, ignore_errors=True)
     return 0
 
 
