@@ -487,6 +487,13 @@ class Engine:
         the engine's buffer, valid until the next call — side-path hooks copy what they keep."""
         return self._wide[:n]
 
+    def last_written_ns(self, n: int) -> np.ndarray:
+        """Write times (store clock, ns) of the stored rows the last call read: shape
+        (``n``, one column per ``assembler.stored_views``), ``NEVER`` where the entity is
+        unknown or the row was never written; ``assembler.filled_ns`` is when they were read
+        (a row's age at decision time is the difference).  A view, valid until the next call."""
+        return self.assembler.written_ns[:n]
+
     def priority_budgets_ns(self) -> dict[str, int]:
         """Each priority class's budget in ns."""
         return {name: budget for name, budget in self._priorities.values()}

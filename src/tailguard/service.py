@@ -44,9 +44,13 @@ class SideTask(Protocol):
     what the task holds.  Both run on the owner thread, between requests.
     """
 
-    def drain(self, budget_ns: int | None = None) -> int: ...
+    def drain(self, budget_ns: int | None = None) -> int:
+        """Do queued work for at most ``budget_ns`` (None: all); the number of items done."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Finish the queued work and release what the task holds."""
+        ...
 
 
 @dataclass(eq=False)

@@ -1,127 +1,148 @@
 """The audit writer: an engine hook that queues decisions, and a side-path drain that appends
 them to MAC-chained segment files (format in ``tailguard.audit.format``, docs/audit.md).
 
-On the reply path ``on_decision``/``on_batch`` copy the decision's feature rows (a memcpy of
-a few dozen bytes) and append one tuple to a bounded deque: nothing is encoded, hashed or
-written there.  When the deque is full the decision is counted as dropped, and the next
-drain records a ``Dropped`` entry, so the gap is part of the chain.  ``drain`` (the owner's
-side path) encodes, chains and writes; the file is fsynced at most every ``fsync_interval_s``
-(0: after every drain), so after kill -9 at most that window of records is missing.  Opening
-a directory that already holds segments verifies it, cuts a torn last entry and continues in
-a new segment chained to the last good entry.
+On the reply path ``on_decision``/``on_batch`` copy the decision's feature rows and the write
+times of the stored rows behind them (two memcpys of a few dozen bytes) and append one tuple
+to a bounded deque: nothing is encoded, hashed or written there.  When the deque is full the
+decision is counted as dropped, and the next drain records a ``Dropped`` entry, so the gap
+is part of the chain.  ``drain`` (the owner's side path) rewrites PII keys, computes feature
+ages, encodes and chains into one buffer, writes it with one call, writes a checkpoint every
+``checkpoint_records`` records or ``checkpoint_interval_s`` (Ed25519-signed with a
+``signer``), and fsyncs at most every ``fsync_interval_s`` (0: after every drain), so after
+kill -9 at most that window of records is missing.  A segment rotates at ``segment_bytes``,
+and then the ``retention`` policy removes old segments behind an anchor.  Opening a
+directory that already holds segments verifies it, cuts a torn last entry, closes the
+interrupted segment and continues in a new segment chained to it.
 
 Owner: the engine's thread (hooks and drain); no locks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 
 from tailguard.audit.format import (
     LEN,
+    MAC_BYTES,
     MAGIC,
+    NO_AGE,
     VERSION,
+    ZERO_MAC,
     Checkpoint,
     DecisionRecord,
     Dropped,
     Header,
-    mac,
+    checkpoint_message,
+    key_id,
     segment_name,
 )
-from tailguard.audit.verify import read_entries, verify
+from tailguard.audit.keys import Signer, load_key, new_key
+from tailguard.audit.pii import PiiPolicy, SubjectKeys, plain
+from tailguard.audit.problems import AuditError, AuditInvalid
+from tailguard.audit.retention import Retention, cut
+from tailguard.audit.verify import SegmentInfo, verify
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
-from tailguard.errors import TailguardError
+from tailguard.features.store import NEVER
+
+if TYPE_CHECKING:
+    from tailguard.service import Service
 
 __all__ = ["AuditError", "AuditLog", "load_key", "new_key"]
 
 
-class AuditError(TailguardError):
-    """The audit directory cannot be continued (it does not verify with this key)."""
-
-    code = "audit_invalid"
-
-
-def new_key(path: str | Path) -> bytes:
-    """Write a new random 32-byte key to ``path`` (mode 0600) and return it."""
-    key = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    return key
-
-
-def load_key(path: str | Path) -> bytes:
-    """Read a key written by ``new_key`` (16 to 64 bytes)."""
-    key = Path(path).read_bytes()
-    if not 16 <= len(key) <= 64:
-        raise AuditError(f"an audit key is 16 to 64 bytes; {path} holds {len(key)}")
-    return key
-
-
 class AuditLog:
-    """Log every decision of ``engine`` to ``directory`` (install it as an engine hook)."""
+    """Log every decision of ``engine`` to ``directory`` (install it as an engine hook, or
+    ``service.attach`` it).  ``for_service`` also applies the spec's PII marks."""
 
     def __init__(self, directory: str | Path, key: bytes, service: str, engine: Engine, *,
-                 capacity: int = 65_536, fsync_interval_s: float = 0.05,
-                 segment_bytes: int = 64 << 20) -> None:
+                 capacity: int = 65_536, fsync_interval_s: float = 0.05, segment_bytes: int = 64 << 20,
+                 checkpoint_records: int = 10_000, checkpoint_interval_s: float = 1.0,
+                 signer: Signer | None = None, pii: PiiPolicy | None = None,
+                 retention: Retention | None = None, wall_clock: Callable[[], int] = time.time_ns) -> None:
         if sys.byteorder != "little":  # the format stores the engine's arrays as they are
             raise AuditError("the audit format is little-endian; this host is not")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.key = key
-        self.service = service
-        self.engine = engine
-        self.capacity = capacity
+        self.key, self.service, self.engine, self.capacity = key, service, engine, capacity
         self.fsync_interval_ns = round(fsync_interval_s * 1e9)
         self.segment_bytes = segment_bytes
+        self.checkpoint_records = checkpoint_records
+        self._ck_interval_ns = round(checkpoint_interval_s * 1e9)
+        self.signer, self.pii, self.retention = signer, pii, retention
+        self._subjects: SubjectKeys | None = None if pii is None else pii.subject_keys
         self._queue: deque[tuple[Any, ...]] = deque()
-        self._encoder = msgspec.msgpack.Encoder()
-        self._wall = time.time_ns
-        self._mono = engine.clock.now_ns
-        self.dropped = 0
-        self._unrecorded_drops = 0
-        self.written = 0
-        self._last_fsync = 0
+        self._encoder = msgspec.msgpack.Encoder(enc_hook=plain)
+        self._mac = hashlib.blake2b(digest_size=MAC_BYTES, key=key)  # copied per entry
+        self._wall, self._mono = wall_clock, engine.clock.now_ns
+        self._features, self._written = engine.last_features, engine.last_written_ns
+        self._assembler = engine.assembler
+        self._views = engine.assembler.stored_views
+        self._ages1 = struct.Struct(f"<{len(self._views)}q")
+        self._hashes: dict[str, str] = {}
+        self.dropped = self._unrecorded_drops = self.written = self.checkpoints = 0
+        self._last_fsync = self._since_ck = 0
+        self._last_ck_ns = self._mono()
         self._file: Any = None
+        self._buf = bytearray()
+        self._digest = hashlib.sha256()
+        self._prev, self._seq, self._segment, self._entries, self._bytes = ZERO_MAC, 0, 0, 0, 0
+        self._log_id = os.urandom(16)
+        self._infos: list[SegmentInfo] = []
         report = verify(self.directory, key, service) if any(self.directory.glob("segment-*")) else None
-        if report is not None and not report.ok:
-            raise AuditError(f"cannot continue the audit log in {self.directory}: {report.problem}")
-        self._prev, self._seq, self._segment = bytes(16), 0, 0
-        if report is not None and report.tail is not None:
-            path, good = report.tail
-            self._prev, self._seq, self._segment = report.last_mac, report.last_seq + 1, report.segments
-            if report.warnings:  # the last writer died: cut a torn entry, close its segment
-                with path.open("r+b") as f:
-                    f.truncate(good)
-                self._file = path.open("ab")
-                self._entries = sum(1 for _ in read_entries(path))
-                self._close_segment()
+        self._anchor = None if report is None else report.anchor
+        if report is not None:
+            if not report.ok:
+                assert report.problem is not None
+                raise AuditInvalid(f"cannot continue the audit log in {self.directory}", report.problem)
+            self._log_id = report.log_id or self._log_id
+            self._prev, self._seq = report.last_mac, report.last_seq + 1
+            self._segment = report.first_segment + report.segments
+            self._infos = report.infos
+            if not self._infos[-1].closed:  # the last writer died: cut a torn entry, close it
+                self._reclose(self._infos[-1])
         self._open_segment()
+        self._retain()
+
+    @classmethod
+    def for_service(cls, service: Service, directory: str | Path, key: bytes, *,
+                    subject_keys: SubjectKeys | None = None, **options: Any) -> AuditLog:
+        """A log of ``service``'s decisions, its PII keys rewritten as its spec marks them
+        (``subject_keys`` is required when an entity is marked ``pii_mode = "hash"``)."""
+        pii = PiiPolicy(service.spec.entities, service.engine.assembler.entities, subject_keys)
+        return cls(directory, key, service.spec.name, service.engine,
+                   pii=pii if pii.active else None, **options)
 
     # -- reply path (engine hooks): copy and enqueue only --------------------------------------
     def on_decision(self, d: Decision) -> None:
-        """Queue one decision (with a copy of its feature row)."""
+        """Queue one decision (with copies of its feature row and its rows' write times)."""
         if len(self._queue) >= self.capacity:
             self.dropped += 1
             self._unrecorded_drops += 1
             return
-        self._queue.append((self._wall(), self._mono(), d, self.engine.last_features(1).tobytes()))
+        self._queue.append((self._wall(), self._mono(), d, self._features(1).tobytes(),
+                            self._written(1).tobytes(), self._assembler.filled_ns))
 
     def on_batch(self, d: BatchDecision) -> None:
-        """Queue one batch decision (with a copy of its feature rows)."""
+        """Queue one batch decision (with copies of its feature rows and write times)."""
         if len(self._queue) >= self.capacity:
             self.dropped += 1
             self._unrecorded_drops += 1
             return
-        self._queue.append((self._wall(), self._mono(), d, self.engine.last_features(len(d)).tobytes()))
+        n = len(d)
+        self._queue.append((self._wall(), self._mono(), d, self._features(n).tobytes(),
+                            self._written(n).tobytes(), self._assembler.filled_ns))
 
     # -- side path -------------------------------------------------------------------------------
     @property
@@ -130,43 +151,76 @@ class AuditLog:
         return len(self._queue)
 
     def drain(self, budget_ns: int | None = None) -> int:
-        """Write queued decisions for at most ``budget_ns`` (None: all); fsync when the interval
-        has passed.  Returns how many were written."""
+        """Write queued decisions for at most ``budget_ns`` (None: all); checkpoint, fsync and
+        rotate when due.  Returns how many were written."""
+        if self._file is None:
+            return 0
         now = time.perf_counter_ns
         end = None if budget_ns is None else now() + budget_ns
         n = 0
+        if self._subjects is not None:
+            self._subjects.refresh()
         if self._unrecorded_drops:
             self._append(Dropped(self._next_seq(), self._wall(), self._unrecorded_drops))
             self._unrecorded_drops = 0
-        q = self._queue
-        width = self.engine.assembler.width
+        q, width, pii = self._queue, self._assembler.width, self.pii
         while q and (end is None or n % 32 or now() < end):
-            wall, mono, d, feats = q.popleft()
-            if isinstance(d, Decision):
-                rungs, flags, keys = [d.rung_index], [d.flags], d.key
+            wall, mono, d, feats, written, filled = q.popleft()
+            if type(d) is Decision:
+                rungs, flags, keys, rows = [d.rung_index], [d.flags], d.key, 1
             else:
-                rungs, flags, keys = d.rungs.tolist(), d.flags.tolist(), d.keys
-                keys = keys.tolist() if hasattr(keys, "tolist") else keys
-            rec = DecisionRecord(self._next_seq(), wall, mono, keys, d.priority, d.model_version, rungs,
-                                 flags, width, feats, len(d.output_names), d.outputs.tobytes(),
-                                 list(d.timings_ns))
-            self._append(rec)
+                rungs, flags, keys, rows = d.rungs.tolist(), d.flags.tolist(), d.keys, len(d)
+                keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
+            if pii is not None:
+                keys = pii.apply(keys)
+            version = d.model_version
+            model_hash = self._hashes.get(version)
+            if model_hash is None:
+                model_hash = self._model_hash(version)
+            ages = self._ages(written, filled, rows)
+            self._append(DecisionRecord(self._next_seq(), wall, mono, keys, d.priority, version, rungs,
+                                        flags, width, feats, len(d.output_names), d.outputs.tobytes(),
+                                        list(d.timings_ns), "", model_hash, ages))
             n += 1
+            self._since_ck += 1
+            if self._since_ck >= self.checkpoint_records:
+                self._checkpoint(False)
+        self.written += n
+        self._infos[-1].records += n
+        if self._since_ck and self._mono() - self._last_ck_ns >= self._ck_interval_ns:
+            self._checkpoint(False)
+        self._flush()
         if n or self.fsync_interval_ns == 0:
             t = now()
             if self.fsync_interval_ns == 0 or t - self._last_fsync >= self.fsync_interval_ns:
                 self._sync()
                 self._last_fsync = t
-        if self._file is not None and self._file.tell() >= self.segment_bytes:
+        if self._bytes >= self.segment_bytes:
             self._close_segment()
             self._segment += 1
             self._open_segment()
+            self._retain()
         return n
 
     def close(self) -> None:
         """Write everything queued, close the segment with a checkpoint, fsync."""
         self.drain()
         self._close_segment()
+
+    # -- record contents ---------------------------------------------------------------------------
+    def _ages(self, written: bytes, filled: int, rows: int) -> bytes:
+        """Each stored view's age at decision time, int64 LE (``NO_AGE``: never written)."""
+        if rows == 1:
+            s = self._ages1
+            return s.pack(*[NO_AGE if w == NEVER else filled - w for w in s.unpack(written)])
+        w = np.frombuffer(written, dtype=np.int64)
+        return np.where(w == NEVER, NO_AGE, filled - w).astype("<i8").tobytes()
+
+    def _model_hash(self, label: str) -> str:
+        """The content hash of the model labelled ``label`` (models may be swapped at run time)."""
+        self._hashes = {r.label: r.model.manifest.content_hash for r in self.engine.rungs
+                        if r.model is not None}
+        return self._hashes.setdefault(label, "")
 
     # -- file handling ----------------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -176,27 +230,84 @@ class AuditLog:
 
     def _append(self, entry: Any) -> None:
         payload = self._encoder.encode(entry)
-        tag = mac(self.key, self._prev, payload)
-        self._file.write(LEN.pack(len(payload)) + payload + tag)
+        h = self._mac.copy()
+        h.update(self._prev)
+        h.update(payload)
+        tag = h.digest()
+        buf = self._buf
+        buf += LEN.pack(len(payload))
+        buf += payload
+        buf += tag
         self._prev = tag
         self._entries += 1
-        if type(entry) is DecisionRecord:
-            self.written += 1
+        self._bytes += LEN.size + len(payload) + MAC_BYTES
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._file.write(self._buf)
+            self._digest.update(self._buf)
+            self._buf.clear()
+
+    def _checkpoint(self, closing: bool) -> Checkpoint:
+        self._flush()
+        h = self._infos[-1].header
+        ck = Checkpoint(self._seq, self._wall(), self._entries, closing, self._prev, self._digest.digest())
+        if self.signer is not None:
+            ck.signer = self.signer.public
+            ck.signature = self.signer.sign(checkpoint_message(h.service, h.log_id, h.segment, ck))
+        self._append(ck)
+        self._since_ck, self._last_ck_ns = 0, self._mono()
+        self.checkpoints += 1
+        return ck
 
     def _open_segment(self) -> None:
-        self._file = (self.directory / segment_name(self._segment)).open("ab")
-        self._entries = 0
-        self._append(Header(MAGIC, VERSION, self.service, self._segment, self._wall(), self._seq))
+        path = self.directory / segment_name(self._segment)
+        self._file = path.open("ab")
+        self._entries = self._bytes = 0
+        self._digest = hashlib.sha256()
+        header = Header(MAGIC, VERSION, self.service, self._segment, self._wall(), self._seq, self._log_id,
+                        key_id(self.key), b"" if self.signer is None else self.signer.public,
+                        list(self._views), {} if self.pii is None else dict(self.pii.modes))
+        self._infos.append(SegmentInfo(self._segment, path, header, next_seq=self._seq))
+        self._append(header)
         self._sync()
+
+    def _reclose(self, info: SegmentInfo) -> None:
+        if info.header.signer and self.signer is None:
+            raise AuditError(f"{info.path.name} is signed and was not closed: give the signing key to "
+                             "close it (the closing checkpoint must be signed)")
+        with info.path.open("r+b") as f:
+            f.truncate(info.end_offset)
+            f.seek(0)
+            self._digest = hashlib.sha256(f.read())
+        self._file = info.path.open("ab")
+        self._entries, self._bytes = info.entries, info.end_offset
+        self._close_segment()
 
     def _close_segment(self) -> None:
         if self._file is None:
             return
-        self._append(Checkpoint(self._seq, self._wall(), self._entries, True))
+        ck = self._checkpoint(True)
         self._sync()
         self._file.close()
         self._file = None
+        info = self._infos[-1]
+        info.closed, info.closed_wall_ns, info.last_mac = True, ck.wall_ns, self._prev
+        info.next_seq, info.entries, info.end_offset = self._seq, self._entries, self._bytes
+
+    def _retain(self) -> None:
+        if self.retention is None or not self.retention.active:
+            return
+        n = self.retention.removable(self._infos, self._wall())
+        if n:
+            self._anchor = cut(self.directory, self.key, self._infos, n, service=self.service,
+                               log_id=self._log_id, previous=self._anchor, signer=self.signer,
+                               now_wall_ns=self._wall())
+            del self._infos[:n]
 
     def _sync(self) -> None:
+        self._flush()
         self._file.flush()
+        if self._subjects is not None:
+            self._subjects.sync()  # keys before the records that use them
         os.fsync(self._file.fileno())

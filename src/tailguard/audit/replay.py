@@ -7,12 +7,14 @@ replayed), then, per row answered by a model rung, runs that rung's model of the
 service on the recorded row (gathered to the model's inputs exactly as the engine does) and
 compares the float64 outputs by their bytes; rows answered by the declared default are
 compared with it; rows answered by a last-good answer depend on history the log does not
-replay and are counted as skipped.  A record whose model version is not the one loaded is
-a mismatch with its reason, not a silent pass.
+replay and are counted as skipped.  A record whose model is not the one loaded — by content
+hash when the record has one, else by label — is a mismatch with its reason, not a silent
+pass.  Keys are not used, so PII-hashed keys replay exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,8 @@ import msgspec
 import numpy as np
 
 from tailguard.audit.format import DecisionRecord, Entry
-from tailguard.audit.verify import read_entries, segments, verify
-from tailguard.errors import TailguardError
+from tailguard.audit.problems import AuditInvalid
+from tailguard.audit.verify import read_entries, verify
 from tailguard.service import Service
 from tailguard.spec import RungKind
 
@@ -54,17 +56,20 @@ class ReplayReport:
                 "mismatches": [list(m) for m in self.mismatches]}
 
 
-def replay(directory: str | Path, key: bytes, service: Service) -> ReplayReport:
-    """Re-run every recorded decision of ``directory`` against ``service``'s models."""
-    check = verify(directory, key, service.spec.name)
+def replay(directory: str | Path, key: bytes | None, service: Service, *,
+           public_keys: Sequence[bytes] = ()) -> ReplayReport:
+    """Re-run every recorded decision of ``directory`` against ``service``'s models (the log
+    is verified first with ``key`` and/or ``public_keys``; ``AuditInvalid`` if it does not)."""
+    check = verify(directory, key, service.spec.name, public_keys=public_keys)
     if not check.ok:
-        raise TailguardError(f"the audit log does not verify, refusing to replay: {check.problem}")
+        assert check.problem is not None
+        raise AuditInvalid("the audit log does not verify, refusing to replay", check.problem)
     engine = service.engine
     rungs = engine.rungs
     width = engine.assembler.width
     report = ReplayReport()
-    for path in segments(directory):
-        for _, _, payload, _ in read_entries(path):
+    for info in check.infos:  # exactly the verified segments (retention leftovers skipped)
+        for _, _, payload, _ in read_entries(info.path):
             rec = _DECODER.decode(payload)
             if type(rec) is not DecisionRecord:
                 continue
@@ -87,14 +92,26 @@ def replay(directory: str | Path, key: bytes, service: Service) -> ReplayReport:
                     model = rung.model
                     assert model is not None
                     # A batch answered by several model rungs names the first one only.
-                    if rung.label != rec.model_version and len(set(rec.rungs)) == 1:
-                        _differ(report, rec.seq, row,
-                                f"recorded by {rec.model_version!r}, loaded {rung.label!r}")
-                        continue
+                    if len(set(rec.rungs)) == 1:
+                        why = _other_model(rec, rung.label, model.manifest.content_hash)
+                        if why:
+                            _differ(report, rec.seq, row, why)
+                            continue
                     x = np.ascontiguousarray(feats[row : row + 1])
                     y = model.runtime.run(x if rung.cols is None else x[:, rung.cols].copy())
                     _compare(report, rec.seq, row, outs[row], y[0])
     return report
+
+
+def _other_model(rec: DecisionRecord, label: str, content_hash: str) -> str:
+    """Why the loaded model is not the recorded one ("" when it is): by content hash when the
+    record has one (version 2), else by label."""
+    if rec.model_hash and rec.model_hash != content_hash:
+        return (f"recorded by {rec.model_version!r} (content {rec.model_hash[:12]}), loaded {label!r} "
+                f"(content {content_hash[:12]})")
+    if label != rec.model_version:
+        return f"recorded by {rec.model_version!r}, loaded {label!r}"
+    return ""
 
 
 def _compare(report: ReplayReport, seq: int, row: int, recorded: np.ndarray, now: np.ndarray) -> None:

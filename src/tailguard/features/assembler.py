@@ -4,6 +4,11 @@ At service load the assembler lays out one *wide* float32 vector: the fields of 
 the ladder's models use, view after view.  A decision fills it once (one row copy per stored
 view, one transform call per request view); each model rung then reads its own columns.
 Nothing here allocates per request at batch 1 apart from the transform's float results.
+
+Each fill also remembers, per stored view and row, the write time of the store row it read
+(``written_ns``: a preallocated int64 array, ``NEVER`` for an unknown or never-written row)
+and the time it filled at (``filled_ns``), so a side-path consumer (the audit log) can record
+how old every stored value was at decision time: one array write per stored view.
 """
 
 from __future__ import annotations
@@ -79,6 +84,15 @@ class FeatureAssembler:
         )
         self._stored = tuple(stored)
         self._request = tuple(request)
+        #: Stored view names, in the column order of ``written_ns``.
+        self.stored_views: tuple[str, ...] = tuple(s.name for s in stored)
+        #: Write time (store clock, ns) of the row each stored view served in the last fill,
+        #: per batch row; ``NEVER`` for an unknown entity or a row never written.  Grown by
+        #: ``fill_many`` when a batch is larger; rows past the last fill are stale.
+        self.written_ns = np.full((64, len(stored)), NEVER, dtype=np.int64)
+        self._written_row = self.written_ns[0]
+        #: The ``now_ns`` of the last fill (the engine's clock).
+        self.filled_ns = 0
 
     @property
     def width(self) -> int:
@@ -99,14 +113,18 @@ class FeatureAssembler:
     ) -> int:
         """Fill ``out`` (the wide vector, 1-D float32) for one entity; returns flag bits."""
         flags = 0
-        for s in self._stored:
+        self.filled_ns = now_ns
+        seen = self._written_row
+        for j, s in enumerate(self._stored):
             row = rows[s.entity_pos]
             if row == 0:
                 out[s.lo : s.hi] = s.default
+                seen[j] = NEVER
                 flags |= _UNKNOWN
                 continue
             t = s.table
             written = int(t.written_ns[row])
+            seen[j] = written
             if written == NEVER or (s.ttl_ns is not None and written < now_ns - s.ttl_ns):
                 out[s.lo : s.hi] = s.default
                 flags |= _STALE
@@ -144,10 +162,16 @@ class FeatureAssembler:
         """Fill ``out[:n]`` for ``rows`` of shape (n, n_entities); returns per-row flags."""
         n = rows.shape[0]
         flags = np.zeros(n, dtype=np.uint8)
-        for s in self._stored:
+        self.filled_ns = now_ns
+        if n > self.written_ns.shape[0]:
+            self.written_ns = np.full((n, len(self._stored)), NEVER, dtype=np.int64)
+            self._written_row = self.written_ns[0]
+        seen = self.written_ns
+        for j, s in enumerate(self._stored):
             r = rows[:, s.entity_pos]
             t = s.table
             written = t.written_ns[r]
+            seen[:n, j] = written
             fresh = written != NEVER
             if s.ttl_ns is not None:
                 fresh &= written >= now_ns - s.ttl_ns
