@@ -70,9 +70,11 @@ class AsyncClient:
     async def predict(
         self, keys: Any, context: Mapping[str, Any] | None = None, *, priority: str | None = None,
         budget_us: int | None = None, timeout_s: float | None = None, idempotent: bool = True,
+        traceparent: str = "",
     ) -> Result:
         """One decision; the arguments and errors are those of ``Client.predict``."""
-        call = self._core.new_call(keys, context, False, priority, budget_us, timeout_s, idempotent)
+        call = self._core.new_call(keys, context, False, priority, budget_us, timeout_s, idempotent,
+                                   traceparent)
         reply, leg, hedged, welcome = await self._run(call)
         return single_result(reply, welcome, leg.slot.label, hedged, leg.hedge, call.attempts,
                              (self._now() - call.start_ns) / 1e9)
@@ -80,9 +82,11 @@ class AsyncClient:
     async def predict_batch(
         self, keys: Any, context: Mapping[str, Any] | None = None, *, priority: str | None = None,
         budget_us: int | None = None, timeout_s: float | None = None, idempotent: bool = True,
+        traceparent: str = "",
     ) -> BatchResult:
         """Decisions for many keys; the arguments and errors are those of ``Client.predict_batch``."""
-        call = self._core.new_call(keys, context, True, priority, budget_us, timeout_s, idempotent)
+        call = self._core.new_call(keys, context, True, priority, budget_us, timeout_s, idempotent,
+                                   traceparent)
         reply, leg, hedged, welcome = await self._run(call)
         return batch_result(reply, welcome, leg.slot.label, hedged, leg.hedge, call.attempts,
                             (self._now() - call.start_ns) / 1e9)

@@ -157,10 +157,12 @@ class Core:
         budget_us: int | None,
         timeout_s: float | None,
         idempotent: bool,
+        traceparent: str = "",
     ) -> Call:
         """Validate the arguments and start a ``Call``.  ``budget_us`` goes on the wire; the
         client timeout is ``timeout_s``, else the budget plus ``timeout_margin_s``, else the
-        client's default ``timeout_s``."""
+        client's default ``timeout_s``.  ``traceparent`` (W3C) rides along unchecked: the
+        server ignores (and counts) one that does not parse."""
         self.stats.inc("requests")
         if budget_us is not None and (type(budget_us) is not int or budget_us <= 0):
             raise InvalidRequest(f"budget_us must be a positive int (µs), got {budget_us!r}",
@@ -171,7 +173,8 @@ class Core:
         if timeout_s is None:
             timeout_s = budget_us / 1e6 + self.timeout_margin_s if budget_us else self.timeout_s
         ctx = context if context is None or type(context) is dict else dict(context)
-        req = Request(0, keys, ctx, priority or "", budget_us or 0, "", batch, "", "", idempotent)
+        req = Request(0, keys, ctx, priority or "", budget_us or 0, "", batch, "", "", idempotent,
+                      traceparent)
         return Call(self, req, timeout_s, self.now())
 
     def statistics(self) -> dict[str, Any]:

@@ -80,11 +80,14 @@ class Client:
     def predict(
         self, keys: Any, context: Mapping[str, Any] | None = None, *, priority: str | None = None,
         budget_us: int | None = None, timeout_s: float | None = None, idempotent: bool = True,
+        traceparent: str = "",
     ) -> Result:
         """One decision for entity ``keys`` (a key, or ``{entity: key}``) with request-time
         ``context`` values.  ``budget_us`` (µs) goes on the wire and sets the default client
-        timeout (budget + margin).  Blocks the calling thread; raises a ``ClientError``."""
-        call = self._core.new_call(keys, context, False, priority, budget_us, timeout_s, idempotent)
+        timeout (budget + margin).  ``traceparent``: a W3C header value, to make the server's
+        span a child of the caller's.  Blocks the calling thread; raises a ``ClientError``."""
+        call = self._core.new_call(keys, context, False, priority, budget_us, timeout_s, idempotent,
+                                   traceparent)
         reply, leg, hedged, welcome = self._run(call)
         return single_result(reply, welcome, leg.slot.label, hedged, leg.hedge, call.attempts,
                              (self._now() - call.start_ns) / 1e9)
@@ -92,10 +95,12 @@ class Client:
     def predict_batch(
         self, keys: Any, context: Mapping[str, Any] | None = None, *, priority: str | None = None,
         budget_us: int | None = None, timeout_s: float | None = None, idempotent: bool = True,
+        traceparent: str = "",
     ) -> BatchResult:
         """Decisions for a sequence of keys (or ``{entity: [keys]}``); ``context`` values are
         scalars or one value per row (lists or NumPy arrays).  As ``predict`` otherwise."""
-        call = self._core.new_call(keys, context, True, priority, budget_us, timeout_s, idempotent)
+        call = self._core.new_call(keys, context, True, priority, budget_us, timeout_s, idempotent,
+                                   traceparent)
         reply, leg, hedged, welcome = self._run(call)
         return batch_result(reply, welcome, leg.slot.label, hedged, leg.hedge, call.attempts,
                             (self._now() - call.start_ns) / 1e9)

@@ -8,6 +8,10 @@ event-loop callback, so frames that arrive while a batch runs are read and admit
 the next batch is chosen (a critical request never waits behind more than the batch in
 progress).  Replies are buffered per sink and flushed once per batch.
 
+Observers (tracing, structured logs) see replies through ``tap_replies``: it wraps this
+instance's reply methods when a tap is installed, so a dispatcher without taps runs no
+observer code at all — not even a test per request.
+
 Owner: the event loop thread (the engine and the scheduler are single-threaded).
 """
 
@@ -26,7 +30,7 @@ from tailguard.scheduler import Admit, Batch, Job, Reason, Scheduler, Verdict
 from tailguard.schema.wire import TIMING_NAMES, Reply, Request, Status
 from tailguard.service import Service
 
-__all__ = ["Dispatcher", "ReplySink", "status_of_reason"]
+__all__ = ["AnsweredTap", "Dispatcher", "RefusedTap", "ReplySink", "status_of_reason"]
 
 _REASON_STATUS = {
     Reason.QUEUE_FULL: Status.QUEUE_FULL,
@@ -65,6 +69,10 @@ class ReplySink(Protocol):
 
 Payload = tuple[Request, ReplySink]
 WireJob = Job[Payload]
+#: Sees each decision reply: (job, reply, late, rows scored in the same engine call).
+AnsweredTap = Callable[[WireJob, Reply, bool, int], None]
+#: Sees each non-OK reply: (request, its job — None when refused at the door —, reply).
+RefusedTap = Callable[[Request, WireJob | None, Reply], None]
 
 
 class Dispatcher:
@@ -368,18 +376,20 @@ class Dispatcher:
             status = Status.INTERNAL
         field = getattr(exc, "field", "")
         self.count_error(status)
-        sink = job.payload[1]
-        if not sink.closed:
-            sink.deliver(Reply(job.payload[0].id, int(status), error=str(exc) or type(exc).__name__,
-                               field=field))
-            self._mark(sink)
+        req = job.payload[0]
+        self._refuse(req, job.payload[1], Reply(req.id, int(status), error=str(exc) or type(exc).__name__,
+                                                field=field), job)
 
     def _reject(self, req: Request, sink: ReplySink, status: Status, message: str, field: str = "",
-                retry_after_ns: int = 0) -> None:
+                retry_after_ns: int = 0, job: WireJob | None = None) -> None:
         self.count_error(status)
+        self._refuse(req, sink, Reply(req.id, int(status), retry_after_us=retry_after_ns // 1000,
+                                      error=message, field=field), job)
+
+    def _refuse(self, req: Request, sink: ReplySink, reply: Reply, job: WireJob | None) -> None:
+        """Deliver a non-OK ``reply`` (``job``: the admitted job it answers; None at the door)."""
         if not sink.closed:
-            sink.deliver(Reply(req.id, int(status), retry_after_us=retry_after_ns // 1000, error=message,
-                               field=field))
+            sink.deliver(reply)
             self._mark(sink)
 
     def _reject_verdict(self, job: WireJob, verdict: Verdict) -> None:
@@ -388,12 +398,45 @@ class Dispatcher:
         status = status_of_reason(reason)
         self._reject(job.payload[0], job.payload[1], status,
                      f"{reason.value} ({self.class_names[job.level_index]})", "",
-                     verdict.retry_after_ns)
+                     verdict.retry_after_ns, job)
 
     def count_error(self, status: Status) -> None:
         """Count a non-OK reply by its code."""
         code = status.code
         self.errors[code] = self.errors.get(code, 0) + 1
+
+    def tap_replies(self, answered: AnsweredTap | None = None, refused: RefusedTap | None = None) -> None:
+        """Show replies to observers from now on: ``answered`` sees every decision reply,
+        ``refused`` every rejection and failure, each right after the reply is handed to its
+        sink (before the flush that sends it), on the loop thread.  Taps run on the reply
+        path: they may only enqueue.  Installing wraps this instance's reply methods (later
+        taps wrap earlier ones), so a dispatcher without taps pays nothing for them."""
+        if answered is not None:
+            finish, rows = self._finish, self._deliver_rows
+            batch = [0]  # rows of the micro-batch being delivered (0: a single engine call)
+
+            def finish_tapped(job: WireJob, reply: Reply, late: bool) -> None:
+                finish(job, reply, late)
+                answered(job, reply, late, batch[0] or reply.rows)
+
+            def rows_tapped(jobs: list[WireJob], bd: BatchDecision, start: int) -> None:
+                batch[0] = len(bd)
+                try:
+                    rows(jobs, bd, start)
+                finally:
+                    batch[0] = 0
+
+            # Instance attributes shadow the methods: the wrappers exist only once tapped.
+            self._finish = finish_tapped  # type: ignore[method-assign]
+            self._deliver_rows = rows_tapped  # type: ignore[method-assign]
+        if refused is not None:
+            refuse = self._refuse
+
+            def refuse_tapped(req: Request, sink: ReplySink, reply: Reply, job: WireJob | None) -> None:
+                refuse(req, sink, reply, job)
+                refused(req, job, reply)
+
+            self._refuse = refuse_tapped  # type: ignore[method-assign]
 
     def _mark(self, sink: ReplySink) -> None:
         self._dirty.append(sink)
