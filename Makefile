@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)  ## ruff on everything, mypy (strict) on src/
 
 bench: $(STAMP)  ## the in-process overhead benchmark
 	$(BIN)/python benchmarks/inproc.py
+
+dashboard: $(STAMP)  ## the live dashboard in headless Chromium under real traffic: runs/dashboard*.png
+	$(BIN)/python -m pytest -q tests/integration/test_dashboard_browser.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache examples/*/models

@@ -13,6 +13,8 @@ path                                               method  answer
 /v2/models/{name}[/versions/{v}]/ready             GET     200, or 503 (not ready)
 /v2/models/{name}[/versions/{v}]/infer             POST    decisions (``serve/oip.py``)
 /metrics                                           GET     Prometheus text
+/dashboard                                         GET     the live dashboard page (HTML)
+/dashboard/data[?since=T]                          GET     its points after ``T`` (JSON)
 =================================================  ======  =================================
 
 Owner: the event loop thread.
@@ -47,12 +49,16 @@ class Route(enum.Enum):
     MODEL_READY = "model_ready"
     INFER = "infer"
     METRICS = "metrics"
+    DASHBOARD = "dashboard"
+    DASHBOARD_DATA = "dashboard_data"
     NOT_FOUND = "not_found"
 
 
 _HEALTH = {b"live": Route.LIVE, b"ready": Route.READY}
 _MODEL_ACTIONS = {b"ready": Route.MODEL_READY, b"infer": Route.INFER}
 _BOOL = {True: b"true", False: b"false"}
+_TOP = {(b"metrics",): Route.METRICS, (b"dashboard",): Route.DASHBOARD,
+        (b"dashboard", b"data"): Route.DASHBOARD_DATA}
 _ENDPOINTS: weakref.WeakKeyDictionary[App, Endpoints] = weakref.WeakKeyDictionary()
 
 
@@ -63,7 +69,7 @@ def route(path: bytes) -> tuple[Route, str, str | None]:
     if n < 2 or parts[0]:
         return Route.NOT_FOUND, "", None
     if parts[1] != b"v2":
-        return (Route.METRICS if n == 2 and parts[1] == b"metrics" else Route.NOT_FOUND), "", None
+        return _TOP.get(tuple(parts[1:]), Route.NOT_FOUND), "", None
     if n == 2 or (n == 3 and not parts[2]):
         return Route.SERVER, "", None
     if parts[2] == b"health" and n == 4:
@@ -133,6 +139,8 @@ class Endpoints:
             ex.answer(200, model.server_metadata)
         elif r is Route.METRICS:
             self._metrics(ex)
+        elif r is Route.DASHBOARD or r is Route.DASHBOARD_DATA:
+            self._dashboard(ex, r, url)
         elif self._known(ex, name, version):
             if r is Route.MODEL:
                 ex.answer(200, model.metadata)
@@ -185,6 +193,24 @@ class Endpoints:
             ex.answer(501, error_body("not_implemented", f"/metrics is not available: {exc}"))
             return
         ex.answer(200, body, content_type=content_type.encode("latin-1"))
+
+    def _dashboard(self, ex: Exchange, r: Route, url: bytes) -> None:
+        """The page, or the sampler's points (published on the side path: nothing to compute)."""
+        from tailguard.errors import ValidationError
+        from tailguard.observe.dashboard import dashboard_page, parse_since
+
+        sampler = self.app.dashboard
+        if sampler is None:
+            ex.answer(404, error_body("not_found", "the dashboard is off (dashboard_interval_s = 0)"))
+        elif r is Route.DASHBOARD:
+            ex.answer(200, dashboard_page(), b"cache-control: no-store\r\n", b"text/html; charset=utf-8")
+        else:
+            try:
+                since = parse_since(url.partition(b"?")[2].decode("latin-1"))
+            except ValidationError as exc:
+                ex.answer(400, error_body(exc.code, str(exc), "since"))
+                return
+            ex.answer(200, sampler.data(since), b"cache-control: no-store\r\n")
 
     def answer_reply(self, ex: Exchange, reply: Reply, call: Call) -> None:
         """Turn a dispatcher reply into ``ex``'s response: the OIP body, or the error body
