@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from tailguard.errors import ValidationError
+from tailguard.features.events import EventReason
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
 from tailguard.features.view import compile_views
-from tailguard.spec import EntitySpec, FeatureViewSpec, FieldSpec
+from tailguard.spec import EntitySpec, EventAction, FeatureViewSpec, FieldSpec, StreamSpec
 from tailguard.testing import FakeClock
 
 MODULE = '''"""Stream transforms for stream-processor tests."""
@@ -111,16 +112,23 @@ def test_a_late_event_is_not_counted_as_applied(stream: StreamProcessor) -> None
     assert stream.statistics()["applied"] == 1
 
 
-def test_event_without_time_is_rejected(stream: StreamProcessor) -> None:
+def test_event_without_time_is_counted_and_dead_lettered(stream: StreamProcessor) -> None:
+    assert stream.apply("user", "ann", {"x": 2.0}) is EventReason.MISSING_FIELD
+    assert stream.statistics()["missing_field"] == 1
+    assert [d.reason for d in stream.dead_letters] == [EventReason.MISSING_FIELD]
+
+
+def test_event_without_time_raises_under_the_raise_policy(store: InMemoryOnlineStore) -> None:
+    views = {name: store.table(name).view for name in ("sums", "last", "shop")}
+    strict = StreamProcessor(views, store, StreamSpec(on_bad=EventAction.RAISE))
     with pytest.raises(ValidationError) as info:
-        stream.apply("user", "ann", {"x": 2.0})
+        strict.apply("user", "ann", {"x": 2.0})
     assert info.value.field == "ts_ns"
 
 
 def test_entity_without_stream_view_is_rejected(stream: StreamProcessor) -> None:
-    with pytest.raises(ValidationError) as info:
-        stream.apply("shop", 1, {"ts_ns": 1, "x": 2.0})
-    assert info.value.field == "entity"
+    assert stream.apply("shop", 1, {"ts_ns": 1, "x": 2.0}) is EventReason.UNKNOWN_ENTITY
+    assert stream.statistics()["unknown_entity"] == 1
 
 
 def test_only_entities_with_transforms_are_routed(stream: StreamProcessor) -> None:

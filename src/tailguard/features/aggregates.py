@@ -6,18 +6,42 @@ operations, so replaying the same events reproduces the same values bit for bit.
 the property tests check that the two agree, which is what lets training sets be built from
 history with the same semantics as serving.
 
-Times are integer nanoseconds of event time; events of one entity arrive in non-decreasing
-event time (the stream processor drops and counts late ones).
+Times are integer nanoseconds of event time.  ``Ewma``, ``EwmVar`` and ``LagReturn`` expect
+events in non-decreasing event time (views using them keep the stream processor's default
+late policy, ``drop``); ``WindowCount`` and the aggregates of the sibling modules accept a
+late event (one older than the latest seen) and fold it in at its own time, so they suit
+views declared ``late = "apply"``.
+
+This module is the one import point for every aggregate; siblings hold the larger families:
+``windows`` (exact sliding sum, mean, variance), ``decay`` (time-decayed counts, last N)
+and ``sketch`` (HyperLogLog distinct counts).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import deque
 
 import numpy as np
 
-__all__ = ["EwmVar", "Ewma", "LagReturn", "WindowCount"]
+from tailguard.features.decay import DecayedCount, LastN
+from tailguard.features.sketch import HyperLogLog, hash64
+from tailguard.features.windows import WindowMean, WindowSum, WindowVar
+
+__all__ = [
+    "DecayedCount",
+    "EwmVar",
+    "Ewma",
+    "HyperLogLog",
+    "LagReturn",
+    "LastN",
+    "WindowCount",
+    "WindowMean",
+    "WindowSum",
+    "WindowVar",
+    "hash64",
+]
 
 
 class Ewma:
@@ -128,19 +152,28 @@ class LagReturn:
 
 
 class WindowCount:
-    """Number of events in the event-time window ``(t - w, t]``, the current one included."""
+    """Number of events in the event-time window ``(t - w, t]``, the current one included,
+    where ``t`` is the latest event time seen.  A late event still inside the window is
+    counted in its place; one older than the window is not counted."""
 
-    __slots__ = ("times", "window_ns")
+    __slots__ = ("now_ns", "times", "window_ns")
 
     def __init__(self, window_ns: int) -> None:
         if window_ns <= 0:
             raise ValueError("window must be positive")
         self.window_ns = window_ns
         self.times: deque[int] = deque()
+        self.now_ns: int | None = None
 
     def update(self, ts_ns: int, count: bool = True) -> int:
         """Advance to ``ts_ns``; add the event to the window only if ``count``."""
         times = self.times
+        now = self.now_ns
+        if now is not None and ts_ns < now:
+            if count and ts_ns > now - self.window_ns:
+                times.insert(bisect_right(times, ts_ns), ts_ns)
+            return len(times)
+        self.now_ns = ts_ns
         if count:
             times.append(ts_ns)
         cutoff = ts_ns - self.window_ns

@@ -1,78 +1,293 @@
 """Drive stream transforms with events and write their values to the online store.
 
-The embedded default is an in-process stream: the caller hands events to ``apply`` on the
-thread that owns the store.  Each event carries its event time in ``ts_ns``; an event older
-than the last one applied for the same entity and view is late: it is dropped and counted
-(``statistics()["late"]``), so replays are deterministic whatever the arrival jitter.
+The embedded default is an in-process stream: the caller hands events to ``apply`` (or
+``process``) on the thread that owns the processor and the store.  The ingest worker
+(``tailguard.features.ingest``) feeds the same processor from NATS JetStream.
+
+Per event, in this order, before any state changes (an event is applied whole or not at all):
+
+1. **Sequence** (``seq``, the ingest worker's stream sequence): one not above the last
+   applied is a redelivery -> ``duplicate``.
+2. **Shape**: ``ts_ns`` an int, each entity key of the declared key type, each input of
+   each view the event touches a finite number -> else ``missing_field``/``wrong_type``/
+   ``not_finite``; ``ts_ns`` within the declared bounds of the wall clock -> else
+   ``future``/``past``; an entity with no stream view -> ``unknown_entity``.
+3. **Event id** (``[stream].event_id``): seen among the last ``dedupe_window`` ids ->
+   ``duplicate``.
+4. **Routing**: a view with declared ``inputs`` is recomputed only by events carrying them.
+5. **Lateness**, per view: the watermark is the latest event time the processor has seen
+   minus the view's ``allowed_lateness``.  An event behind it is late; one older than the
+   entity's last event but not behind it is out of order: dropped (late) unless the view
+   declares ``late = "apply"``.  Views without ``allowed_lateness`` judge order per entity only.
+
+Each reason is counted and routed by ``[stream]``: ``drop``, ``dead_letter`` (to the sink,
+or kept in ``dead_letters`` when there is none) or ``raise`` (``ValidationError``).  A
+transform that raises gets a fresh state for that entity (a half-updated aggregate is never
+served) and the event is routed as ``transform_error``.  Writes go through at once, or,
+with ``write_through=False``, are coalesced per entity until ``flush()`` (the worker
+flushes once per fetched batch, before acknowledging it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
+import numpy as np
+
+from tailguard.clock import Clock, MonotonicClock
 from tailguard.errors import ValidationError
-from tailguard.features.store import InMemoryOnlineStore
+from tailguard.features.events import (
+    DeadLetter,
+    DeadLetterSink,
+    EventReason,
+    Reject,
+    action_for,
+    check_inputs,
+    check_time,
+)
 from tailguard.features.transforms import StreamTransform
 from tailguard.features.view import FeatureView
-from tailguard.spec import ViewSource
+from tailguard.spec import EntitySpec, EventAction, LatePolicy, StreamSpec, ViewSource
 
-__all__ = ["StreamProcessor"]
+__all__ = ["FeatureWriter", "StreamProcessor"]
+
+
+class FeatureWriter(Protocol):
+    """What the processor needs of an online store (the in-memory and Redis stores have it)."""
+
+    def write(
+        self, view: str, key: Any, values: Sequence[float] | np.ndarray, event_ns: int | None = None
+    ) -> None:
+        """Store ``values`` as ``view``'s row for ``key`` (``event_ns``: the event time)."""
 
 
 class _Route:
-    __slots__ = ("last_ts", "name", "states", "transform")
+    __slots__ = ("apply_late", "dirty", "inputs", "last_ts", "lateness_ns", "name", "states", "transform")
 
-    def __init__(self, name: str, transform: StreamTransform) -> None:
-        self.name = name
+    def __init__(self, view: FeatureView, transform: StreamTransform) -> None:
+        self.name = view.name
         self.transform = transform
+        self.inputs = view.spec.inputs
+        lateness = view.spec.allowed_lateness
+        self.lateness_ns = None if lateness is None else round(lateness * 1e9)
+        self.apply_late = view.spec.late is LatePolicy.APPLY
         self.states: dict[Any, Any] = {}
         self.last_ts: dict[Any, int] = {}
+        self.dirty: dict[Any, None] = {}
 
 
 class StreamProcessor:
-    """Applies events to the stream views of each entity (one owner thread)."""
+    """Applies events to the stream views of their entities (one owner thread)."""
 
-    def __init__(self, views: Mapping[str, FeatureView], store: InMemoryOnlineStore) -> None:
+    def __init__(
+        self,
+        views: Mapping[str, FeatureView],
+        store: FeatureWriter,
+        config: StreamSpec | None = None,
+        *,
+        entities: Iterable[EntitySpec] | None = None,
+        clock: Clock | None = None,
+        dead_letter: DeadLetterSink | None = None,
+        write_through: bool = True,
+    ) -> None:
         self._store = store
+        self.config = config or StreamSpec()
+        self._clock = clock or MonotonicClock()
+        self.dead_letter = dead_letter
+        self.write_through = write_through
         self._by_entity: dict[str, list[_Route]] = {}
-        for name, v in views.items():
+        for v in views.values():
             if v.spec.source is ViewSource.STREAM and isinstance(v.transform, StreamTransform):
                 assert v.spec.entity is not None
-                self._by_entity.setdefault(v.spec.entity, []).append(_Route(name, v.transform))
+                self._by_entity.setdefault(v.spec.entity, []).append(_Route(v, v.transform))
+        self._key_types = self._resolve_key_types(entities)
+        c = self.config
+        self._future_ns = None if c.max_future is None else round(c.max_future * 1e9)
+        self._past_ns = None if c.max_past is None else round(c.max_past * 1e9)
+        self._ids: set[Any] = set()
+        self._id_order: deque[Any] = deque()
+        #: The latest event time seen (the watermark's base); None before any event.
+        self.max_ts_ns: int | None = None
+        #: The last stream sequence applied (0: none); redeliveries at or below it are duplicates.
+        self.last_seq = 0
         self.applied = 0
-        self.late = 0
+        self.ignored = 0
+        self.late_applied = 0
+        self.dead_lettered = 0
+        self.states_reset = 0
+        self.rejected = dict.fromkeys(EventReason, 0)
+        #: Dead letters kept when no sink is set (most recent 256).
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=256)
+
+    def _resolve_key_types(self, entities: Iterable[EntitySpec] | None) -> dict[str, type]:
+        if entities is not None:
+            return {e.name: str if e.key_dtype == "str" else int for e in entities}
+        index = getattr(self._store, "entity_index", None)
+        if index is None:
+            return {}
+        return {name: index(name).key_type for name in self._by_entity}
 
     @property
     def entities(self) -> tuple[str, ...]:
         """Entities that have at least one stream view with a transform."""
         return tuple(self._by_entity)
 
-    def apply(self, entity: str, key: Any, event: Mapping[str, Any]) -> None:
-        """Fold one event of ``entity``/``key`` into every stream view of that entity."""
+    @property
+    def late(self) -> int:
+        """Events not applied because they were late."""
+        return self.rejected[EventReason.LATE]
+
+    # -- the event path ----------------------------------------------------------------
+    def apply(
+        self, entity: str, key: Any, event: Mapping[str, Any], *, seq: int | None = None
+    ) -> EventReason | None:
+        """Fold one event of ``entity``/``key`` into that entity's stream views.  Returns None
+        when applied (or touching no view), else the reason it was not (see the module doc)."""
         try:
-            ts = event["ts_ns"]
-        except KeyError:
-            raise ValidationError("event has no 'ts_ns' (event time in ns)", field="ts_ns") from None
-        routes = self._by_entity.get(entity)
-        if routes is None:
-            raise ValidationError(f"no stream view for entity {entity!r}", field="entity")
-        applied = False
-        for r in routes:
-            last = r.last_ts.get(key)
-            if last is not None and ts < last:
-                continue
-            state = r.states.get(key)
-            if state is None:
-                state = r.states[key] = r.transform.new_state()
-            r.transform.update(state, event)
-            r.last_ts[key] = ts
-            self._store.write(r.name, key, r.transform.values(state), event_ns=ts)
-            applied = True
+            self._check_seq(seq)
+            if entity not in self._by_entity:
+                raise Reject(EventReason.UNKNOWN_ENTITY, f"no stream view for entity {entity!r}", "entity")
+            return self._run(((entity, self._check_key(entity, key)),), event)
+        except Reject as rej:
+            return self._route(rej, event)
+
+    def process(self, event: Mapping[str, Any], *, seq: int | None = None) -> EventReason | None:
+        """Fold one event into the stream views of every entity whose key it carries (under
+        the entity's name).  Returns None when applied, else the reason it was not."""
+        try:
+            self._check_seq(seq)
+            pairs = tuple(
+                (name, self._check_key(name, event[name])) for name in self._by_entity if name in event
+            )
+            if not pairs:
+                names = ", ".join(repr(n) for n in self._by_entity) or "(none)"
+                raise Reject(EventReason.MISSING_FIELD, f"no entity key: expected one of {names}", "entity")
+            return self._run(pairs, event)
+        except Reject as rej:
+            return self._route(rej, event)
+
+    def _check_seq(self, seq: int | None) -> None:
+        if seq is not None:
+            if seq <= self.last_seq:
+                raise Reject(EventReason.DUPLICATE, f"stream sequence {seq} was already applied", "seq")
+            self.last_seq = seq
+
+    def _check_key(self, entity: str, key: Any) -> Any:
+        kt = self._key_types.get(entity)
+        if kt is None or type(key) is kt:
+            return key
+        if kt is int and isinstance(key, np.integer):
+            return int(key)
+        raise Reject(
+            EventReason.WRONG_TYPE,
+            f"entity {entity!r} keys are {kt.__name__}, got {type(key).__name__}",
+            entity,
+        )
+
+    def _touched(self, routes: list[_Route], event: Mapping[str, Any]) -> list[_Route]:
+        return [r for r in routes if not r.inputs or check_inputs(r.name, r.inputs, event)]
+
+    def _check_id(self, event: Mapping[str, Any]) -> Any:
+        field = self.config.event_id
+        if field is None:
+            return None
+        eid = event.get(field)
+        if eid is None:
+            return None
+        if type(eid) not in (str, int, bytes):
+            raise Reject(EventReason.WRONG_TYPE, f"event id {field!r} must be a str or int", field)
+        if eid in self._ids:
+            raise Reject(EventReason.DUPLICATE, f"event id {eid!r} was already applied", field)
+        return eid
+
+    def _remember(self, eid: Any) -> None:
+        self._ids.add(eid)
+        self._id_order.append(eid)
+        if len(self._id_order) > self.config.dedupe_window:
+            self._ids.discard(self._id_order.popleft())
+
+    def _run(self, pairs: tuple[tuple[str, Any], ...], event: Mapping[str, Any]) -> EventReason | None:
+        bounded = self._future_ns is not None or self._past_ns is not None
+        ts = check_time(event, self._clock.wall_ns() if bounded else None, self._future_ns, self._past_ns)
+        touched = [(key, self._touched(self._by_entity[entity], event)) for entity, key in pairs]
+        eid = self._check_id(event)
+        if eid is not None:
+            self._remember(eid)
+        max_ts = self.max_ts_ns
+        if max_ts is None or ts > max_ts:
+            self.max_ts_ns = ts
+        applied = late = any_route = False
+        failed: Reject | None = None
+        for key, routes in touched:
+            for r in routes:
+                any_route = True
+                last = r.last_ts.get(key)
+                if r.lateness_ns is not None and max_ts is not None and ts < max_ts - r.lateness_ns:
+                    late = True
+                    continue
+                if last is not None and ts < last:
+                    if not r.apply_late:
+                        late = True
+                        continue
+                    self.late_applied += 1
+                state = r.states.get(key)
+                if state is None:
+                    state = r.states[key] = r.transform.new_state()
+                try:
+                    r.transform.update(state, event)
+                except Exception as exc:  # user code: never let it corrupt a state or the worker
+                    del r.states[key]
+                    self.states_reset += 1
+                    failed = Reject(EventReason.TRANSFORM_ERROR, f"view {r.name!r}: {exc!r}", r.name)
+                    continue
+                if last is None or ts > last:
+                    last = r.last_ts[key] = ts
+                if self.write_through:
+                    self._store.write(r.name, key, r.transform.values(state), event_ns=last)
+                else:
+                    r.dirty[key] = None
+                applied = True
+        if failed is not None:
+            raise failed
         if applied:
             self.applied += 1
-        else:
-            self.late += 1
+        elif late:
+            raise Reject(EventReason.LATE, f"event time {ts} is late", "ts_ns")
+        elif not any_route:
+            self.ignored += 1
+        return None
+
+    def _route(self, rej: Reject, event: Mapping[str, Any]) -> EventReason:
+        self.rejected[rej.reason] += 1
+        action = action_for(self.config, rej.reason)
+        if action is EventAction.DEAD_LETTER:
+            self.dead_lettered += 1
+            if self.dead_letter is not None:
+                self.dead_letter(event, rej.reason, rej.detail)
+            else:
+                self.dead_letters.append(DeadLetter(rej.reason, rej.detail, event))
+        elif action is EventAction.RAISE:
+            raise ValidationError(f"bad event ({rej.reason.value}): {rej.detail}", field=rej.field)
+        return rej.reason
+
+    # -- coalesced writes, replay, statistics -----------------------------------------------
+    def flush(self) -> int:
+        """Write the current values of every view/entity changed since the last flush (for
+        ``write_through=False``); returns the number of rows written."""
+        n = 0
+        for routes in self._by_entity.values():
+            for r in routes:
+                if not r.dirty:
+                    continue
+                for key in r.dirty:
+                    state = r.states.get(key)
+                    if state is not None:
+                        self._store.write(r.name, key, r.transform.values(state), event_ns=r.last_ts[key])
+                        n += 1
+                r.dirty.clear()
+        return n
 
     def replay(self, entity: str, key_field: str, events: Iterable[Mapping[str, Any]]) -> int:
         """Apply events in order, taking each one's key from ``key_field``; returns the count."""
@@ -83,5 +298,11 @@ class StreamProcessor:
         return n
 
     def statistics(self) -> dict[str, int]:
-        """Events applied and late events dropped (one count per event)."""
-        return {"applied": self.applied, "late": self.late}
+        """Counters: every event lands in ``applied``, ``ignored`` or one reason (``late``,
+        ``duplicate``, ``missing_field``...); ``late_applied`` (out-of-order events applied),
+        ``dead_lettered``, ``states_reset`` and the stream position ``last_seq`` besides."""
+        out = {"applied": self.applied, "ignored": self.ignored}
+        out.update({r.value: n for r, n in self.rejected.items()})
+        out.update(late_applied=self.late_applied, dead_lettered=self.dead_lettered,
+                   states_reset=self.states_reset, last_seq=self.last_seq)
+        return out
