@@ -3,20 +3,17 @@ app's side path, refusals; an App in-process on a loopback port (uvloop, as in `
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from inthread import InThreadServer
 
-from tailguard import load_service
-from tailguard.serve.app import App, ServeConfig
+from tailguard.serve.app import ServeConfig
 from tailguard.serve.endpoints import Route, route
 
 INFER = {"inputs": [{"name": "item", "shape": [1], "datatype": "BYTES", "data": ["a"]},
@@ -24,28 +21,8 @@ INFER = {"inputs": [{"name": "item", "shape": [1], "datatype": "BYTES", "data": 
                     {"name": "size", "shape": [1], "datatype": "FP64", "data": [3.0]}]}
 
 
-class Served:
-    """An App serving HTTP from a loop in a background thread."""
-
-    def __init__(self, service_dir: Path, config: ServeConfig) -> None:
-        import uvloop
-
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        service = load_service(service_dir, freeze_gc=False)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-
-        async def start() -> App:
-            app = App(service, config, self.loop)
-            await app.start([("http", sock)])
-            return app
-
-        self.app = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+class Served(InThreadServer):
+    """The in-process server, with a GET helper and HTTP inference traffic."""
 
     def get(self, path: str) -> tuple[int, str, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -63,12 +40,6 @@ class Served:
             r.read()
             assert r.status == 200
         conn.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.app.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

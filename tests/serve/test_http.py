@@ -3,23 +3,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
 import shutil
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httptools
 import pytest
+from inthread import InThreadServer
 
-from tailguard import load_service
-from tailguard.serve.app import App, ServeConfig
+from tailguard.serve.app import ServeConfig
 
 IDLE_S = 0.5
 ITEM = {"name": "item", "shape": [1], "datatype": "BYTES", "data": ["a"]}
@@ -27,43 +25,7 @@ CONTEXT = [{"name": "price", "shape": [1], "datatype": "FP64", "data": [104.5]},
            {"name": "size", "shape": [1], "datatype": "FP64", "data": [3.0]}]
 
 
-class Server:
-    """An App serving HTTP on 127.0.0.1 from a loop in a background thread."""
-
-    def __init__(self, service_dir: Path, config: ServeConfig) -> None:
-        try:
-            import uvloop
-
-            self.loop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover - the serve extra is installed in CI
-            self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        service = load_service(service_dir, freeze_gc=False)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-
-        async def start() -> App:
-            app = App(service, config, self.loop)
-            await app.start([("http", sock)])
-            return app
-
-        self.app = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-
-    def client(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-
-    def raw(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.app.stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+Server = InThreadServer
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tailguard.audit.log import AuditLog
     from tailguard.service import Service
 
-__all__ = ["keygen", "open_log", "public_keys", "register"]
+__all__ = ["keygen", "open_log", "print_report", "public_keys", "register"]
 
 
 def open_log(service: Service, directory: str | Path, key_file: str, *, signing_key_file: str | None = None,
@@ -92,7 +92,7 @@ def _retain(args: argparse.Namespace) -> int:
     signer = load_signer(args.signing_key) if args.signing_key else None
     key = load_key(args.key_file)
     out = retain(args.directory, key, policy, signer=signer, service=args.service).as_dict()
-    _print(out, args.json)
+    print_report(out, args.json)
     return 0
 
 
@@ -112,7 +112,8 @@ def _erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print(out: dict[str, Any], as_json: bool) -> None:
+def print_report(out: dict[str, Any], as_json: bool) -> None:
+    """A command's result: one JSON object, or ``key: value`` lines."""
     if as_json:
         print(json.dumps(out))
         return

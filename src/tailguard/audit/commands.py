@@ -19,6 +19,8 @@ import signal
 import threading
 from typing import Any
 
+from tailguard.audit.admin import print_report
+
 __all__ = ["add_replay_to_arguments", "register", "replay_to"]
 
 
@@ -71,14 +73,6 @@ def replay_to(args: argparse.Namespace, key: bytes) -> dict[str, Any]:
     return report.as_dict(per_record=args.per_record)
 
 
-def _print(out: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(out))
-        return
-    for k, v in out.items():
-        print(f"{k}: {v}")
-
-
 def _ship(args: argparse.Namespace) -> int:
     from tailguard.audit.offbox import AuditShipper
 
@@ -96,7 +90,7 @@ def _ship(args: argparse.Namespace) -> int:
         shipper.flush(args.timeout_s)
     shipper.close(args.timeout_s if args.follow else 0.0)
     ok = shipper.complete and shipper.fatal is None
-    _print({"ok": ok, **shipper.statistics()}, args.json)
+    print_report({"ok": ok, **shipper.statistics()}, args.json)
     return 0 if ok else 1
 
 
@@ -104,5 +98,5 @@ def _pull(args: argparse.Namespace) -> int:
     from tailguard.audit.pull import pull
 
     report = pull(args.nats, args.service, args.outdir, stream=args.stream, worker=args.worker)
-    _print(report.as_dict(), args.json)
+    print_report(report.as_dict(), args.json)
     return 0 if report.ok else 1

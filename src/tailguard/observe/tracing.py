@@ -126,41 +126,38 @@ class Tracer:
         self.bad_traceparent = 0
 
     # -- reply path (dispatcher taps): decide, enqueue ------------------------------------------
+    def _admit(self, tp: str) -> int:
+        """Whether a reply is traced: -1 when not (an unsampled parent, the ratio's coin, a
+        full queue: counted), else the low 64 bits of a new trace id (0: the parent's)."""
+        if tp:
+            if len(tp) == 55 and tp[54] in UNSAMPLED_LAST_DIGITS:
+                return -1  # the caller's trace is not recorded: neither is ours
+            low = 0
+        else:
+            low = self._bits(64)
+            if low >= self._bound:
+                return -1
+        if len(self._queue) >= self.capacity:
+            self.dropped += 1
+            return -1
+        self.sampled += 1
+        return low
+
     def answered(self, job: Job[tuple[Request, Any]], reply: Reply, late: bool, batch_rows: int) -> None:
         """A decision reply: queue it when its request is sampled (O(1); see the module doc)."""
         req = job.payload[0]
         tp = req.traceparent
-        if tp:
-            if len(tp) == 55 and tp[54] in UNSAMPLED_LAST_DIGITS:
-                return  # the caller's trace is not recorded: neither is ours
-            low = 0
-        else:
-            low = self._bits(64)
-            if low >= self._bound:
-                return
-        q = self._queue
-        if len(q) >= self.capacity:
-            self.dropped += 1
-            return
-        self.sampled += 1
-        q.append((tp, low, req, job.arrival_ns, job.level_index, reply, late, batch_rows, 0))
+        low = self._admit(tp)
+        if low >= 0:
+            self._queue.append((tp, low, req, job.arrival_ns, job.level_index, reply, late, batch_rows, 0))
 
     def refused(self, req: Request, job: Job[tuple[Request, Any]] | None, reply: Reply) -> None:
         """A rejection or failure: queue it when sampled (a door rejection's span is instant)."""
         tp = req.traceparent
-        if tp:
-            if len(tp) == 55 and tp[54] in UNSAMPLED_LAST_DIGITS:
-                return
-            low = 0
-        else:
-            low = self._bits(64)
-            if low >= self._bound:
-                return
-        q = self._queue
-        if len(q) >= self.capacity:
-            self.dropped += 1
+        low = self._admit(tp)
+        if low < 0:
             return
-        self.sampled += 1
+        q = self._queue
         now = self._now()
         if job is None:
             q.append((tp, low, req, now, -1, reply, False, 0, now))
