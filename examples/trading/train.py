@@ -10,7 +10,9 @@ range and scored on the last 20%:
 * ``alpha_fast``: 30 small trees (8 leaves) over 4 features (the fast rung).
 
 Each is exported as a repository version (ONNX + compiled trees + manifest pinning the live
-feature view versions).  Run: ``python examples/trading/train.py [--force]``.
+feature view versions).  Then the drift monitor's reference is written (the ``[drift]
+reference`` path): the training rows' feature distributions and ``alpha``'s answers on them.
+Run: ``python examples/trading/train.py [--force]``.
 """
 
 from __future__ import annotations
@@ -88,20 +90,58 @@ def _fit(x: np.ndarray, y: np.ndarray, rounds: int, leaves: int, lr: float, min_
 
 
 def up_to_date(service_dir: Path) -> bool:
-    """True when both models exist and pin the live feature view versions."""
+    """True when both models exist and pin the live feature view versions, and the drift
+    reference describes the latest primary model on those versions."""
     from tailguard.models.manifest import read_manifest
+    from tailguard.observe.reference import DriftReferenceError, Reference
 
     spec = load_spec(service_dir)
     live = {n: v.version for n, v in compile_views(spec.feature_views, str(service_dir)).items()}
+    root = service_dir / "models"
     for name in ("alpha", "alpha_fast"):
-        root = service_dir / "models"
         versions = list_versions(root, name)
         if not versions:
             return False
         m = read_manifest(root / name / versions[-1], verify=False)
         if any(live.get(v) != ver for v, ver in m.feature_versions.items()):
             return False
-    return True
+    try:
+        meta = Reference.load(service_dir / spec.drift.reference).meta
+    except DriftReferenceError:
+        return False
+    return bool(meta.get("model") == f"alpha/{list_versions(root, 'alpha')[-1]}"
+                and all(live.get(v) == ver for v, ver in meta.get("feature_versions", {}).items()))
+
+
+def decision_rows(cols: dict[str, np.ndarray], x: np.ndarray, until_ns: int, n: int = 50_000,
+                  seed: int = SEED) -> np.ndarray:
+    """Rows of ``x`` (one per tick) as decisions meet them: at uniformly random times up to
+    ``until_ns``, for a random instrument, the row its last tick left in the store.  Ticks
+    cluster in bursts (ten times the rate), so the per-tick rows over-represent bursts; the
+    drift reference must describe what serving sees, or every calm minute would look like drift."""
+    rng = np.random.default_rng(seed)
+    ts, sym = cols["ts_ns"], cols["symbol"]
+    at = rng.uniform(float(ts[0]) + 30 * 1e9, float(until_ns), n).astype(np.int64)  # 30 s of warm-up
+    symbols = np.unique(sym)
+    pick = rng.integers(len(symbols), size=n)
+    rows = []
+    for i, s in enumerate(symbols):
+        idx = np.flatnonzero(sym == s)
+        j = np.searchsorted(ts[idx], at[pick == i], side="right") - 1
+        rows.append(idx[j[j >= 0]])
+    return x[np.concatenate(rows)]
+
+
+def write_reference(service_dir: Path, x: np.ndarray, names: list[str], log: Any = print) -> Path:
+    """The drift reference of the feature rows ``x`` (columns ``names``) and the serving
+    primary model's answers on them, saved at the spec's ``[drift] reference`` path."""
+    from tailguard.observe.reference_data import build_service_reference
+    from tailguard.service import load_service
+
+    svc = load_service(service_dir, freeze_gc=False)
+    path = build_service_reference(svc, x, names).save(service_dir / svc.spec.drift.reference)
+    log(f"  drift reference: {len(x)} decision-time rows -> {path.relative_to(service_dir)}")
+    return path
 
 
 def train(service_dir: Path = HERE, *, log: Any = print) -> dict[str, Any]:
@@ -110,10 +150,10 @@ def train(service_dir: Path = HERE, *, log: Any = print) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     cols = generate_ticks(TRAIN_SECONDS, seed=SEED)
-    x, names = build_matrix(service_dir, cols)
+    x_all, names = build_matrix(service_dir, cols)
     y = future_up(cols)
     keep = y >= 0
-    x, y, ts = x[keep], y[keep], cols["ts_ns"][keep]
+    x, y, ts = x_all[keep], y[keep], cols["ts_ns"][keep]
     split = ts[0] + int(0.8 * (ts[-1] - ts[0]))
     tr, va = ts <= split, ts > split
     log(f"training set: {len(y)} ticks replayed through the serving transforms "
@@ -153,6 +193,7 @@ def train(service_dir: Path = HERE, *, log: Any = print) -> dict[str, Any]:
         metrics[name] = {"version": version, "valid_auc": round(m_auc, 4)}
         log(f"  {name} v{version}: {rounds} trees x {leaves} leaves on {len(inputs)} features, "
             f"validation AUC {m_auc:.3f}")
+    write_reference(service_dir, decision_rows(cols, x_all, int(split)), names, log)
     log(f"trained in {time.perf_counter() - t0:.1f}s")
     return metrics
 

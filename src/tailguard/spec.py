@@ -26,10 +26,15 @@ from tailguard.errors import SpecError
 __all__ = [
     "DTYPES",
     "Budgets",
+    "DriftSinkSpec",
+    "DriftSpec",
+    "DriftThreshold",
     "Duration",
+    "EventAction",
     "EntitySpec",
     "FeatureViewSpec",
     "FieldSpec",
+    "LatePolicy",
     "ModelSpec",
     "OnTimeout",
     "PriorityClass",
@@ -38,6 +43,7 @@ __all__ = [
     "RungSpec",
     "ServiceSpec",
     "ServingSpec",
+    "StreamSpec",
     "ViewSource",
     "load_spec",
     "parse_spec",
@@ -95,6 +101,21 @@ class ViewSource(enum.Enum):
     REQUEST = "request"  # computed on demand from the request context at decision time
 
 
+class LatePolicy(enum.Enum):
+    """What a stream view does with an event older than the entity's last one (out of order)."""
+
+    DROP = "drop"  # counted, not applied
+    APPLY = "apply"  # applied if not behind the watermark (the view's aggregates accept it)
+
+
+class EventAction(enum.Enum):
+    """Where a stream event that is not applied goes (counted per reason in every case)."""
+
+    DROP = "drop"
+    DEAD_LETTER = "dead_letter"  # handed to the dead-letter sink with its reason
+    RAISE = "raise"  # ValidationError to the caller (in-process); the ingest worker dead-letters
+
+
 class RungKind(enum.Enum):
     """What answers at a ladder rung."""
 
@@ -116,6 +137,10 @@ class EntitySpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     name: Name
     key_dtype: Literal["str", "int64"] = "str"
     description: str = ""
+    #: The keys identify people: the audit log never holds them as they are (docs/audit.md).
+    pii: bool = False
+    #: ``hash``: a keyed hash under a per-subject key (erasable); ``drop``: not logged at all.
+    pii_mode: Literal["hash", "drop"] = "hash"
 
 
 class FieldSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -139,9 +164,16 @@ class FeatureViewSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: ``"module:attr"`` in the service directory: an incremental transform for stream views,
     #: a vectorised function for request views.
     transform: str | None = None
-    #: Request views: the context fields the transform reads.
+    #: Request views: the context fields the transform reads.  Stream views: the event
+    #: fields the transform reads (numbers); an event recomputes the view only if it carries
+    #: one of them, and must then carry all (empty: every event of the entity).
     inputs: tuple[Name, ...] = ()
     description: str = ""
+    #: Stream views: how far behind the latest event time seen an event may be and still
+    #: count (the watermark is that time minus this); None: no watermark, only per-entity order.
+    allowed_lateness: Duration | None = None
+    #: Stream views: out-of-order events within the allowed lateness are dropped or applied.
+    late: LatePolicy = LatePolicy.DROP
 
 
 class ModelSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -223,6 +255,78 @@ class RungSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     outputs: dict[str, float] | None = None
 
 
+class DriftThreshold(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """When one kind of drift score alerts: at or over ``alert`` for ``enter_windows`` windows
+    in a row; the alert clears after ``exit_windows`` windows in a row under ``clear``."""
+
+    alert: Annotated[float, msgspec.Meta(ge=0.0)]
+    clear: Annotated[float, msgspec.Meta(ge=0.0)]
+    enter_windows: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
+    exit_windows: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+
+
+class DriftSinkSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where drift alerts go: a JSON log line, an HTTP POST, or a NATS subject."""
+
+    kind: Literal["log", "webhook", "nats"]
+    #: webhook: ``http(s)://...``; nats: ``nats://host:port``.
+    url: str | None = None
+    #: nats: the subject (default ``tailguard.drift.<service>``).
+    subject: str | None = None
+    #: Per delivery (webhook request, NATS connect/publish).
+    timeout: Duration = Duration(2.0)
+    #: Alerts waiting for delivery; more are dropped (counted), never waited for.
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    #: webhook: extra request headers.
+    headers: dict[str, str] = {}
+
+
+class DriftSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[drift]``: feature and prediction drift against a training reference (docs/drift.md)."""
+
+    enabled: bool = False
+    #: The reference file (``tailguard drift reference``), relative to the service directory.
+    reference: str = "reference/training.npz"
+    #: Decisions per window; a window also closes after ``window_interval`` once it holds
+    #: ``min_window`` decisions (None: by count only).
+    window: Annotated[int, msgspec.Meta(ge=10, le=10_000_000)] = 1000
+    window_interval: Duration | None = Duration(60.0)
+    min_window: Annotated[int, msgspec.Meta(ge=10)] = 200
+    #: Decision rows buffered for the side path; rows arriving when it is full are dropped (counted).
+    capacity: Annotated[int, msgspec.Meta(ge=64, le=1 << 24)] = 16384
+    #: The output the change detectors and delayed labels use (None: the first).
+    output: str | None = None
+    detectors: tuple[Literal["adwin", "page_hinkley"], ...] = ("adwin",)
+    adwin_delta: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.002
+    ph_threshold: Annotated[float, msgspec.Meta(gt=0.0)] = 50.0
+    ph_delta: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+    psi: DriftThreshold = DriftThreshold(alert=0.25, clear=0.1)
+    ks: DriftThreshold = DriftThreshold(alert=0.15, clear=0.1)
+    #: A detection alerts at once; the alert clears after this many windows without one.
+    detector_exit_windows: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    #: Keep each decision's key and time so ``observe_label`` can find its prediction.
+    labels: bool = False
+    label_capacity: Annotated[int, msgspec.Meta(ge=1, le=1 << 24)] = 65536
+    sinks: tuple[DriftSinkSpec, ...] = ()
+
+
+class StreamSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[stream]``: how the stream processor and ingest worker treat events (docs/features.md)."""
+
+    #: The event field holding a unique id; a repeated id within ``dedupe_window`` is a duplicate.
+    event_id: Name | None = None
+    #: How many recent event ids are remembered for deduplication.
+    dedupe_window: Annotated[int, msgspec.Meta(ge=1, le=1 << 26)] = 100_000
+    #: An event time further than this ahead of the wall clock is bad input (None: no bound).
+    max_future: Duration | None = None
+    #: An event time further than this behind the wall clock is bad input (None: no bound).
+    max_past: Duration | None = None
+    #: Bad input: missing field, wrong type, non-finite number, time out of bounds, unknown entity.
+    on_bad: EventAction = EventAction.DEAD_LETTER
+    on_duplicate: EventAction = EventAction.DROP
+    on_late: EventAction = EventAction.DROP
+
+
 class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A whole service: entities, feature views, models, priorities, budgets and the ladder."""
 
@@ -240,6 +344,8 @@ class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     budgets: Budgets = Budgets()
     ladder: tuple[RungSpec, ...]
     serving: ServingSpec = ServingSpec()
+    stream: StreamSpec = StreamSpec()
+    drift: DriftSpec = DriftSpec()
 
     def view(self, name: str) -> FeatureViewSpec:
         """The feature view named ``name`` (KeyError if none)."""
@@ -323,6 +429,8 @@ def _check_references(spec: ServiceSpec, source: str) -> None:
             raise _fail("a request view needs a transform or inputs", f"{at}.transform", source)
         if v.transform is not None and ":" not in v.transform:
             raise _fail("a transform is written 'module:attribute'", f"{at}.transform", source)
+        if v.late is LatePolicy.APPLY and v.allowed_lateness is None:
+            raise _fail("late = 'apply' needs an allowed_lateness (the watermark)", f"{at}.late", source)
     for i, m in enumerate(spec.models):
         if m.version_policy == "pinned" and not m.version:
             raise _fail("version_policy 'pinned' needs a version", f"$.models[{i}].version", source)
@@ -348,3 +456,34 @@ def _check_references(spec: ServiceSpec, source: str) -> None:
                 raise _fail("the default rung must be the last", f"{at}.kind", source)
     if spec.ladder[0].kind is not RungKind.MODEL:
         raise _fail("the first rung must be a model", "$.ladder[0].kind", source)
+    _check_drift(spec.drift, source)
+
+
+_SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")  # NATS: dot-separated tokens, no wildcards
+
+
+def _check_drift(d: DriftSpec, source: str) -> None:
+    for key in ("psi", "ks"):
+        t: DriftThreshold = getattr(d, key)
+        if t.clear > t.alert:
+            raise _fail(f"clear ({t.clear}) must not exceed alert ({t.alert})", f"$.drift.{key}.clear",
+                        source)
+    if d.min_window > d.window:
+        raise _fail(f"min_window ({d.min_window}) exceeds window ({d.window})", "$.drift.min_window", source)
+    if len(set(d.detectors)) != len(d.detectors):
+        raise _fail("a detector is listed twice", "$.drift.detectors", source)
+    if d.window_interval is not None and d.window_interval <= 0:
+        raise _fail("window_interval must be positive (or left out)", "$.drift.window_interval", source)
+    for i, sink in enumerate(d.sinks):
+        at = f"$.drift.sinks[{i}]"
+        if sink.kind == "webhook" and not (sink.url or "").startswith(("http://", "https://")):
+            raise _fail("a webhook sink needs an http:// or https:// url", f"{at}.url", source)
+        if sink.kind == "nats":
+            if not (sink.url or "").startswith(("nats://", "tls://")):
+                raise _fail("a nats sink needs a nats:// url", f"{at}.url", source)
+            if sink.subject is not None and not _SUBJECT.fullmatch(sink.subject):
+                raise _fail(f"bad NATS subject {sink.subject!r}", f"{at}.subject", source)
+        if sink.kind == "log" and (sink.url or sink.subject):
+            raise _fail("a log sink takes no url or subject", at, source)
+        if sink.timeout <= 0:
+            raise _fail("a sink timeout must be positive", f"{at}.timeout", source)

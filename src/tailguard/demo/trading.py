@@ -153,6 +153,10 @@ def run_demo(
     service_dir = (service_dir or default_service_dir()).resolve()
     train_metrics = prepare(service_dir, log)
     svc = load_service(service_dir)
+    if svc.spec.drift.enabled:  # [drift] in service.toml: the monitor runs on the demo's side path
+        from tailguard.observe.drift import DriftMonitor
+
+        svc.attach(DriftMonitor.from_spec(svc))
     ticks_mod = load_module(str(service_dir), "ticks")
     total_s = HISTORY_S + seconds + HORIZON_S + 1.0
     ticks = ticks_mod.generate_ticks(total_s, seed=seed)
