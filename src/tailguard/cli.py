@@ -3,6 +3,8 @@
     tailguard demo [--seconds 20] [--rate 2000] [--no-chaos] [--out runs]
     tailguard inspect SERVICE_DIR          views, versions, models, ladder (loads and verifies)
     tailguard predict SERVICE_DIR KEY [--context JSON] [--priority P] [--budget-us N]
+    tailguard drift reference SERVICE_DIR --data FILE [--out PATH]   the drift monitor's reference
+    tailguard features ingest|training-set|materialize|backfill|diff ...   the feature store
 
 Errors of the service (bad spec, missing model files, version mismatch) print one line with
 their stable code and exit with status 2.
@@ -114,35 +116,87 @@ def _serve(args: argparse.Namespace) -> int:
         audit_dir=args.audit_dir,
         audit_key_file=args.audit_key_file,
         audit_fsync_s=args.audit_fsync_ms / 1e3,
+        audit_signing_key_file=args.audit_signing_key,
+        audit_subject_keys=args.audit_subject_keys,
+        audit_keep_days=args.audit_keep_days,
+        audit_keep_segments=args.audit_keep_segments,
+        audit_nats=args.audit_nats,
+        audit_nats_stream=args.audit_nats_stream,
+        otlp_endpoint=args.otlp_endpoint,
+        trace_sample=0.01 if args.trace_sample is None else args.trace_sample,
+        log_json=args.log_json,
+        log_level=args.log_level,
+        dashboard_interval_s=args.dashboard_interval,
+        record_latency=not args.no_latency_recording,
     )
+    if args.trace_sample is not None and not args.otlp_endpoint:
+        raise SpecError("--trace-sample sets how much to trace: it needs --otlp-endpoint")
+    if args.otlp_endpoint:
+        from tailguard.observe.tracing import otlp_exporter
+
+        otlp_exporter(args.otlp_endpoint)  # fails here, naming the pip command, without the otel extra
     if (args.audit_dir is None) != (args.audit_key_file is None):
         raise SpecError("--audit-dir and --audit-key-file go together")
+    if args.audit_nats and args.audit_dir is None:
+        raise SpecError("--audit-nats copies the audit log: it needs --audit-dir")
+    audit_extras = (args.audit_signing_key, args.audit_subject_keys, args.audit_keep_days,
+                    args.audit_keep_segments)
+    if args.audit_dir is None and any(x is not None for x in audit_extras):
+        raise SpecError("--audit-signing-key, --audit-subject-keys and --audit-keep-* need --audit-dir")
     return serve(args.service_dir, config, args.ready_file)
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from tailguard.audit.log import load_key, new_key
+    from tailguard.audit.admin import keygen, public_keys
+    from tailguard.audit.log import load_key
     from tailguard.audit.verify import verify
 
     if args.audit_command == "keygen":
-        new_key(args.path)
-        print(f"wrote a new 32-byte audit key to {args.path} (mode 0600)")
-        return 0
-    key = load_key(args.key_file)
+        return keygen(args)
+    key = load_key(args.key_file) if args.key_file else None  # verify may go without (--public-key)
+    pks = public_keys(args)
     if args.audit_command == "verify":
-        report = verify(args.directory, key, args.service)
+        report = verify(args.directory, key, args.service, public_keys=pks)
         out = report.as_dict()
+    elif args.to:
+        from tailguard.audit.commands import replay_to
+
+        assert key is not None  # replay requires --key-file
+        out = replay_to(args, key)
     else:
         from tailguard.audit.replay import replay
         from tailguard.service import load_service
 
-        out = replay(args.directory, key, load_service(args.service_dir)).as_dict()
+        if args.service_dir is None:
+            raise SpecError("audit replay needs SERVICE_DIR (or --to ENDPOINT)")
+        out = replay(args.directory, key, load_service(args.service_dir), public_keys=pks).as_dict()
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
             print(f"{k}: {v}")
     return 0 if out["ok"] else 1
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from tailguard.observe.reference_data import write_service_reference
+    from tailguard.service import load_service
+
+    svc = load_service(args.service_dir, freeze_gc=False)
+    path = write_service_reference(svc, args.data, args.out, bins=args.bins, sample_size=args.sample_size)
+    print(f"wrote the drift reference for {svc.spec.name} to {path}")
+    return 0
+
+
+def _ratio(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a ratio is a number in [0, 1], got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -188,23 +242,70 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--audit-key-file", help="the audit key (tailguard audit keygen)")
     s.add_argument("--audit-fsync-ms", type=float, default=50.0,
                    help="fsync the audit log at most this often (0: after every write)")
+    s.add_argument("--audit-signing-key", metavar="PATH",
+                   help="sign audit checkpoints with this Ed25519 key (tailguard audit keygen --ed25519)")
+    s.add_argument("--audit-subject-keys", metavar="DIR",
+                   help="per-subject keys for entities marked pii_mode = 'hash' (kept outside --audit-dir)")
+    s.add_argument("--audit-keep-days", type=float, help="remove audit segments closed longer ago than this")
+    s.add_argument("--audit-keep-segments", type=int, help="keep at least the newest N audit segments")
+    s.add_argument("--audit-nats", metavar="URL", help="copy each worker's audit log to NATS JetStream")
+    s.add_argument("--audit-nats-stream", default="TAILGUARD_AUDIT", help="the JetStream stream of the copy")
+    s.add_argument("--otlp-endpoint", metavar="URL",
+                   help="trace sampled requests: OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)")
+    s.add_argument("--trace-sample", metavar="RATIO", type=_ratio,
+                   help="fraction of requests without a sampled traceparent to trace (default 0.01)")
+    s.add_argument("--log-json", metavar="PATH|-", help="structured JSON logs to this file ('-': stderr)")
+    s.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="lowest level of the JSON log (default info)")
+    s.add_argument("--dashboard-interval", metavar="SECONDS", type=float, default=1.0,
+                   help="one /dashboard point every this often (default 1; 0: dashboard off)")
+    s.add_argument("--no-latency-recording", action="store_true",
+                   help="no per-stage latency histograms (/metrics and /dashboard then lack them)")
     s.set_defaults(fn=_serve)
     a = sub.add_parser("audit", help="the tamper-evident decision log: keygen, verify, replay")
     asub = a.add_subparsers(dest="audit_command", required=True)
     k = asub.add_parser("keygen", help="write a new random key")
     k.add_argument("path")
+    k.add_argument("--ed25519", action="store_true", help="an Ed25519 signing key (PATH) and PATH.pub")
     v = asub.add_parser("verify", help="check the MAC chain and structure; exit 1 naming the first bad entry")
     v.add_argument("directory")
-    v.add_argument("--key-file", required=True)
+    v.add_argument("--key-file", help="the MAC key (without it: signatures only, with --public-key)")
+    v.add_argument("--public-key", action="append", help="check checkpoint signatures (repeatable)")
     v.add_argument("--service", help="the service name the log must belong to")
     v.add_argument("--json", action="store_true")
     r = asub.add_parser("replay", help="re-run recorded decisions; exit 1 if any output differs")
     r.add_argument("directory")
-    r.add_argument("service_dir")
+    r.add_argument("service_dir", nargs="?", help="re-run in process with this service (not with --to)")
     r.add_argument("--key-file", required=True)
+    r.add_argument("--public-key", action="append", help="also check checkpoint signatures (repeatable)")
     r.add_argument("--json", action="store_true")
+    from tailguard.audit import admin as audit_admin
+    from tailguard.audit import commands as audit_commands
+
+    audit_admin.register(asub)
+
+    audit_commands.add_replay_to_arguments(r)
+    audit_commands.register(asub)
     for p_ in (k, v, r):
         p_.set_defaults(fn=_audit)
+    dr = sub.add_parser("drift", help="drift monitoring: build the training reference")
+    dsub = dr.add_subparsers(dest="drift_command", required=True)
+    ref = dsub.add_parser("reference", help="summarise training feature rows (and the primary model's "
+                          "answers on them) as the drift reference")
+    ref.add_argument("service_dir")
+    ref.add_argument("--data", required=True, help="training feature rows: .npz or .csv, columns view.field")
+    ref.add_argument("--out", help="where to write it (default: the spec's [drift] reference path)")
+    ref.add_argument("--bins", type=int, default=10, help="PSI bins per signal (default 10)")
+    ref.add_argument("--sample-size", type=int, default=1024,
+                     help="KS sample points per signal (default 1024)")
+    ref.set_defaults(fn=_drift)
+    from tailguard.features.commands import register_ingest
+    from tailguard.features.history.commands import register_history
+
+    fe = sub.add_parser("features", help="the feature store: stream ingest, history, training sets, versions")
+    fsub = fe.add_subparsers(dest="features_command", required=True)
+    register_ingest(fsub)
+    register_history(fsub)
     from tailguard.bench.cli import register
 
     register(sub)

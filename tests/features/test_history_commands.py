@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -14,8 +13,8 @@ pa = pytest.importorskip("pyarrow", reason="the history extra (pyarrow) is not i
 pytest.importorskip("duckdb", reason="the history extra (duckdb) is not installed")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from tailguard.cli import main  # noqa: E402
 from tailguard.features.history import HistoryWriter, load_views  # noqa: E402
-from tailguard.features.history.commands import register_history  # noqa: E402
 from tailguard.features.view import compile_views  # noqa: E402
 from tailguard.spec import FeatureViewSpec, FieldSpec  # noqa: E402
 
@@ -25,14 +24,8 @@ T0 = 1_700_000_000 * S
 
 
 def tailguard_features(*argv: str) -> int:
-    """Parse and run ``tailguard features ARGV`` as the CLI's ``features`` group would."""
-    ap = argparse.ArgumentParser(prog="tailguard")
-    sub = ap.add_subparsers(dest="command", required=True)
-    features = sub.add_parser("features").add_subparsers(dest="features_command", required=True)
-    register_history(features)
-    args = ap.parse_args(["features", *argv])
-    rc: int = args.fn(args)
-    return rc
+    """Run ``tailguard features ARGV`` through the real command line, in process."""
+    return main(["features", *argv])
 
 
 def service_copy(tmp_path: Path, name: str) -> Path:

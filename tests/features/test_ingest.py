@@ -233,15 +233,9 @@ def test_a_restarted_worker_resumes_from_its_checkpoint(natsd: NatsServer, tmp_p
     assert_same_rows(store, want, "ticks", "instrument")
 
 
-CLI = ("import argparse, sys\n"
-       "from tailguard.features.commands import register_ingest\n"
-       "p = argparse.ArgumentParser(); register_ingest(p.add_subparsers())\n"
-       "a = p.parse_args(sys.argv[1:]); sys.exit(a.fn(a))\n")
-
-
 def cli(url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-c", CLI, "ingest", str(TRADING), "--nats", url, "--stream", STREAM,
-            "--subject", SUBJECT, *extra]
+    return [sys.executable, "-m", "tailguard", "features", "ingest", str(TRADING), "--nats", url,
+            "--stream", STREAM, "--subject", SUBJECT, *extra]
 
 
 def test_a_worker_killed_mid_stream_resumes_without_loss_or_double_count(

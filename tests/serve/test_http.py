@@ -118,6 +118,23 @@ def test_metrics_are_prometheus_text(server: Server) -> None:
     assert b"tailguard_" in body
 
 
+def test_side_paths_can_be_switched_off(toy_dir: Path) -> None:
+    """All off (the overhead benchmark's baseline): no stage recorder, no dashboard; the
+    server still answers and /metrics still renders its own counters."""
+    s = Server(toy_dir, ServeConfig(record_latency=False, dashboard_interval_s=0))
+    try:
+        assert s.app.service.latency is None and s.app.dashboard is None
+        assert all(type(h).__name__ != "LatencyRecorder" for h in s.app.service.engine.hooks)
+        status, _, _ = call(s.client(), "POST", "/v2/models/toy/infer", infer_body())
+        assert status == 200
+        status, body, _ = call(s.client(), "GET", "/metrics")
+        assert status == 200 and b"tailguard_answered_total" in body
+        assert b"tailguard_stage_latency_seconds_bucket" not in body  # the TYPE line only
+        assert call(s.client(), "GET", "/dashboard")[0] == 404
+    finally:
+        s.close()
+
+
 # -- inference ---------------------------------------------------------------------------------------
 def test_infer_answers_one_decision(server: Server) -> None:
     status, body, _ = call(server.client(), "POST", "/v2/models/toy/infer",

@@ -33,6 +33,10 @@ from tailguard.service import Service
 
 if TYPE_CHECKING:
     from tailguard.audit.log import AuditLog
+    from tailguard.observe.dashboard import DashboardSampler
+    from tailguard.observe.drift import DriftMonitor
+    from tailguard.observe.logs import JsonLog
+    from tailguard.observe.tracing import Tracer
 
 __all__ = ["App", "ServeConfig", "State", "adopt_transport"]
 
@@ -77,9 +81,34 @@ class ServeConfig:
     audit_dir: str | None = None
     audit_key_file: str | None = None
     audit_fsync_s: float = 0.05
+    #: Sign the audit checkpoints with this Ed25519 key file (``tailguard audit keygen --ed25519``).
+    audit_signing_key_file: str | None = None
+    #: Per-subject PII keys (needed when the spec marks an entity ``pii_mode = "hash"``).
+    audit_subject_keys: str | None = None
+    #: Audit retention, applied by each worker after a segment rotation (None: keep all).
+    audit_keep_days: float | None = None
+    audit_keep_segments: int | None = None
+    #: Copy each worker's audit log to this NATS server's JetStream (``tailguard.audit.offbox``).
+    audit_nats: str | None = None
+    audit_nats_stream: str = "TAILGUARD_AUDIT"
     #: Micro-batches smaller than this run as one engine call per request (a batch call has
     #: a fixed cost: about 50 µs against 10 µs per single call for the trading example).
     min_batch_call: int = 6
+    #: The live dashboard (``/dashboard``): one point every ``dashboard_interval_s`` (0: off),
+    #: the last ``dashboard_points`` kept (300 at 1 s: five minutes).
+    dashboard_interval_s: float = 1.0
+    dashboard_points: int = 300
+    #: The engine's per-stage latency histograms (``/metrics``, ``/dashboard``); False removes
+    #: the recorder hook (the dispatcher's per-class timings stay).
+    record_latency: bool = True
+    #: Traces (the ``otel`` extra; docs/observability.md): spans of sampled requests go by
+    #: OTLP/HTTP to this URL (None: tracing off — nothing on the reply path).  A request whose
+    #: ``traceparent`` is sampled is traced; one without a valid parent with this probability.
+    otlp_endpoint: str | None = None
+    trace_sample: float = 0.01
+    #: Structured JSON logs to this file ("-": stderr; None: off), from ``log_level`` up.
+    log_json: str | None = None
+    log_level: str = "info"
 
 
 def adopt_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
@@ -157,13 +186,44 @@ class App:
         self._side_timer: asyncio.TimerHandle | None = None
         self.metrics_registry: Any = None  # made by serve.metrics on the first scrape
         self._gc: SidePathGC | None = SidePathGC() if config.gc_on_side_path else None
+        if not config.record_latency and service.latency is not None:
+            engine.set_hooks([h for h in engine.hooks if h is not service.latency])
+            service.latency = None
         self.audit: AuditLog | None = None
         if config.audit_dir and config.audit_key_file:
-            from tailguard.audit.log import AuditLog, load_key
+            from tailguard.audit.admin import open_log
 
-            self.audit = AuditLog(Path(config.audit_dir) / str(os.getpid()), load_key(config.audit_key_file),
-                                  service.spec.name, engine, fsync_interval_s=config.audit_fsync_s)
+            self.audit = open_log(service, Path(config.audit_dir) / str(os.getpid()), config.audit_key_file,
+                                  signing_key_file=config.audit_signing_key_file,
+                                  subject_keys_dir=config.audit_subject_keys,
+                                  keep_days=config.audit_keep_days, keep_segments=config.audit_keep_segments,
+                                  fsync_interval_s=config.audit_fsync_s)
+            if config.audit_nats:
+                from tailguard.audit.offbox import AuditShipper
+
+                # Attached first, so closed after the log (side tasks close newest first): the
+                # closing checkpoint is shipped too.
+                shipper = AuditShipper(self.audit.directory, config.audit_nats, service=service.spec.name,
+                                       stream=config.audit_nats_stream)
+                service.attach(shipper.start())
             service.attach(self.audit)
+        self.drift: DriftMonitor | None = None
+        if service.spec.drift.enabled:  # [drift] in service.toml: the reference must exist (load error)
+            from tailguard.observe.drift import DriftMonitor
+
+            self.drift = DriftMonitor.from_spec(service)
+            service.attach(self.drift)
+        self.dashboard: DashboardSampler | None = None
+        if config.dashboard_interval_s > 0:
+            from tailguard.observe.dashboard import DashboardSampler
+
+            d = self.dispatcher
+            self.dashboard = DashboardSampler(
+                service, interval_s=config.dashboard_interval_s, capacity=config.dashboard_points,
+                classes=[(name, rec.one) for name, rec in zip(d.class_names, d.latency, strict=True)],
+                scheduler_stats=self.scheduler.statistics, state=lambda: self.state.value,
+            )
+            service.attach(self.dashboard)
         self.welcome = Welcome(
             1,
             f"tailguard/{__version__}",
@@ -177,6 +237,49 @@ class App:
             [c.name for c in sconf.classes],
             self.dispatcher.primary_version,
         )
+        self.log: JsonLog | None = None
+        self.tracer: Tracer | None = None
+        if config.log_json:  # before the tracer: closed after it, so its last words are logged
+            self.log_json(config.log_json)
+        if config.otlp_endpoint:
+            from tailguard.observe.tracing import otlp_exporter
+
+            self.trace(otlp_exporter(config.otlp_endpoint))
+        self._note("server.start", version=__version__, model_version=self.welcome.model_version,
+                   priorities=self.welcome.priorities, rungs=self.welcome.rungs,
+                   tracing=self.tracer is not None)
+
+    # -- observability wiring --------------------------------------------------------------
+    def trace(self, exporter: Any) -> Tracer:
+        """Trace sampled requests (``config.trace_sample``) to ``exporter``, an OpenTelemetry
+        ``SpanExporter``, from now on (before ``start``; tests pass an in-memory one)."""
+        from tailguard.observe.tracing import Tracer
+
+        tracer = Tracer(exporter, service=self.service.spec.name, class_names=self.dispatcher.class_names,
+                        rung_names=self.service.engine.rung_names, clock=self.clock,
+                        ratio=self.config.trace_sample, version=self.dispatcher.primary_version)
+        self.dispatcher.tap_replies(tracer.answered, tracer.refused)
+        self.service.attach(tracer)
+        self.tracer = tracer
+        return tracer
+
+    def log_json(self, path: str) -> JsonLog:
+        """Write structured JSON logs (``config.log_level`` up) to ``path`` ("-": stderr)."""
+        from tailguard.observe.logs import JsonLog
+
+        log = JsonLog(path, service=self.service.spec.name, clock=self.clock,
+                      class_names=self.dispatcher.class_names, rung_names=self.service.engine.rung_names,
+                      level=self.config.log_level)
+        self.dispatcher.tap_replies(log.answered if log.wants_answers else None, log.refused)
+        log.capture_stdlib()
+        self.service.attach(log)
+        self.log = log
+        return log
+
+    def _note(self, event: str, **fields: Any) -> None:
+        """A lifecycle event for the JSON log (when there is one)."""
+        if self.log is not None:
+            self.log.event("info", event, **fields)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -216,6 +319,7 @@ class App:
             self._servers.append(server)
         self.state = State.READY
         self._schedule_side_path()
+        self._note("server.ready", listeners=[kind for kind, _ in listeners])
 
     def _schedule_side_path(self) -> None:
         self._side_timer = self.loop.call_later(self.config.side_path_interval_s, self._side_path)
@@ -239,6 +343,7 @@ class App:
             return
         self.state = State.DRAINING
         self.dispatcher.start_draining()
+        self._note("server.drain", in_flight=self.dispatcher.in_flight)
         for server in self._servers:
             server.close()  # stop accepting; open connections stay
         for conn in list(self.connections):
@@ -264,6 +369,9 @@ class App:
             self._side_timer.cancel()
         if self._gc is not None:
             self._gc.close()
+        d = self.dispatcher
+        self._note("server.stop", submitted=d.submitted, answered=d.answered, late=d.late,
+                   errors=dict(d.errors), abandoned=d.abandoned)
         self.service.close()  # everything accepted was answered: side tasks write it all, then close
         for server in self._servers:
             server.close()
@@ -285,4 +393,7 @@ class App:
             "connections": len(self.connections),
             "dispatcher": self.dispatcher.statistics(),
             "engine": self.service.engine.statistics(),
+            **({"tracing": self.tracer.statistics()} if self.tracer is not None else {}),
+            **({"logs": self.log.statistics()} if self.log is not None else {}),
+            **({"drift": self.drift.statistics()} if self.drift is not None else {}),
         }

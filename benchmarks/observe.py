@@ -1,0 +1,543 @@
+"""What the side paths cost: audit log, latency metrics, drift and dashboard on against all off.
+
+What it measures, in one run, on the trading example (temporary copies of ``examples/trading``:
+one with ``[drift] enabled = true``, one with it off; models and drift reference trained there
+when the example's own are missing or stale):
+
+1. In process, open loop.  Copies of the service in this process, fed the same ticks:
+   ``off`` (``load_service(record_latency=False)``, nothing attached) and ``on`` (the latency
+   recorder hook, an ``AuditLog`` with the default 50 ms batched fsync, the ``DriftMonitor`` of
+   its ``[drift]`` section and a ``DashboardSampler``, all ``Service.attach``-ed, plus a
+   Prometheus ``render`` every ``--scrape-s`` as a scrape would).  Each runs
+   ``engine.predict(symbol, quote, priority="critical")`` at a fixed rate (``--rate``), in
+   interleaved blocks (order rotated per round); between requests its side path runs as the
+   server runs it: ``run_side_path(50 us)`` when its 10 ms timer is due, before the next
+   request (which then waits: that wait is part of the cost), with the server's side-path GC
+   (``SidePathGC``).  Latency runs from each request's intended time to its answer; ``call``
+   is the predict call alone; each side-path tick is timed too.  Four more series, each with
+   one side path alone (``metrics``, ``audit``, ``drift``, ``dashboard``), say where the cost
+   comes from (``--no-breakdown`` skips them).
+2. Through the server (``tailguard serve``, 1 worker, binary protocol), when not skipped:
+   the same pair as two servers — ``off``: drift off, ``--dashboard-interval 0``,
+   ``--no-latency-recording``; ``on``: drift on, ``--audit-dir`` with the default fsync, the
+   dashboard, latency recording and ``--log-json`` to a file — each driven open loop
+   (``tailguard.bench.loadgen``) in alternating blocks at ``--server-rate``; the figures are
+   medians over blocks.  The dispatcher's per-class timing ring has no switch: on in both.
+3. ``audit_records_per_s``: one ``AuditLog`` (default fsync interval) appending single-row
+   decisions (``on_decision`` right after each ``predict``) and draining every 1000, as the
+   side path does; the rate counts append + drain + close time, not the predict calls.
+4. ``replay_1m_s``: ``tailguard.audit.replay.replay`` (verify, then re-run every row) over the
+   ``--records`` records step 3 wrote, scaled to 1,000,000 when fewer were written; the
+   verify pass is timed on its own too.  ``--profile`` prints replay's top functions.
+
+Run: ``.venv/bin/python benchmarks/observe.py`` (tables), ``--json`` (tables to stderr, the last
+stdout line is one JSON object), ``--quick`` for a short smoke run.  Targets print as PASS/FAIL
+lines; they never change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from inproc import Feed  # noqa: E402  (the generated tick feed the in-process benchmark replays)
+from support.example import SERVICE_DIR, example_module, log  # noqa: E402
+
+import tailguard  # noqa: E402
+
+SIDE_INTERVAL_NS = 10_000_000  # the server's side-path timer (ServeConfig.side_path_interval_s)
+SIDE_BUDGET_S = 50e-6  # and its budget per tick (ServeConfig.side_path_budget_s)
+TICKS_PER_BLOCK = 16  # applied between blocks, as a live feed would (keeps features fresh)
+TARGETS = (
+    # (name, limit, "<=" or ">=", description)
+    ("p50_overhead_ratio", 1.10, "<=", "side paths on / off, in-process p50 <= 1.10"),
+    ("p99_overhead_ratio", 1.15, "<=", "side paths on / off, in-process p99 <= 1.15"),
+    ("audit_records_per_s", 100_000, ">=", "audit appends+drain >= 100k records/s (batched fsync)"),
+    ("replay_1m_s", 60.0, "<=", "replay of 1M records < 60 s"),
+)
+
+
+# -- service copies --------------------------------------------------------------------------------
+def set_drift(spec_path: Path, enabled: bool) -> None:
+    """Set ``enabled`` in the spec's ``[drift]`` table (added when there is none)."""
+    lines = spec_path.read_text().splitlines()
+    value = f"enabled = {'true' if enabled else 'false'}"
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.strip() == "[drift]")
+    except StopIteration:
+        lines += ["", "[drift]", value]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        body = [ln for ln in lines[start + 1 : end] if not re.match(r"\s*enabled\s*=", ln)]
+        lines[start + 1 : end] = [value, *body]
+    spec_path.write_text("\n".join(lines) + "\n")
+
+
+def service_copies(workdir: Path) -> tuple[Path, Path]:
+    """``(plain, drift)``: copies of the trading example, drift off and on, with trained models."""
+    train = example_module("train")
+    drift = workdir / "trading_drift"
+    shutil.copytree(SERVICE_DIR, drift, ignore=shutil.ignore_patterns("__pycache__", "data", "runs"))
+    set_drift(drift / "service.toml", True)
+    if not train.up_to_date(drift):
+        log("example models or drift reference missing or outdated: training them in a copy")
+        shutil.rmtree(drift / "models", ignore_errors=True)
+        train.train(drift, log=log)
+    plain = workdir / "trading_plain"
+    shutil.copytree(drift, plain)
+    set_drift(plain / "service.toml", False)
+    return plain, drift
+
+
+# -- 1. in process -----------------------------------------------------------------------------------
+#: The in-process series: ``off`` and ``on`` (the figures of the targets), then each side path alone.
+SERIES = ("off", "on", "metrics", "audit", "drift", "dashboard")
+
+
+class Side:
+    """One service's side path on the server's timer: ``run_side_path(50 us)`` every 10 ms (and
+    the server's side-path GC tick), plus a Prometheus rendering every ``scrape_ns`` (0: none).
+    Each tick's duration is kept: a tick delays the request due during it."""
+
+    def __init__(self, svc: Any, gc_tick: Any, scrape_ns: int, max_ticks: int) -> None:
+        self.svc = svc
+        self.gc_tick = gc_tick
+        self.due = time.perf_counter_ns() + SIDE_INTERVAL_NS
+        self.scrape_ns = scrape_ns
+        self.scrape_due = self.due + scrape_ns if scrape_ns else 0
+        self.ticks = self.scrapes = self.items = 0
+        self.tick_ns = np.zeros(max_ticks, dtype=np.int64)
+
+    def tick(self, now: int) -> None:
+        self.items += self.svc.run_side_path(SIDE_BUDGET_S)
+        self.gc_tick()
+        if self.scrape_due and now >= self.scrape_due:
+            from tailguard.observe.prometheus import render
+
+            render(self.svc)
+            self.scrapes += 1
+            self.scrape_due = now + self.scrape_ns
+        t1 = time.perf_counter_ns()
+        if self.ticks < len(self.tick_ns):
+            self.tick_ns[self.ticks] = t1 - now
+        self.ticks += 1
+        self.due = max(self.due + SIDE_INTERVAL_NS, t1)
+
+
+def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np.ndarray,
+              lat: np.ndarray, svc_ns: np.ndarray, pos: int) -> int:
+    """``len(offsets)`` requests at their intended times (from now + 1 ms); latency from the
+    intended time, service time of the call alone.  Returns decisions not from the primary."""
+    pc = time.perf_counter_ns
+    predict = side.svc.engine.predict
+    base = pc() + 1_000_000
+    odd = 0
+    for i, (key, ctx) in enumerate(calls):
+        t = base + int(offsets[i])
+        while True:
+            now = pc()
+            if now >= side.due:  # a due timer runs before the next request, as in the loop
+                side.tick(now)
+                continue
+            if now >= t:
+                break
+        t0 = pc()
+        d = predict(key, ctx, priority="critical")
+        t1 = pc()
+        lat[pos] = t1 - t
+        svc_ns[pos] = t1 - t0
+        pos += 1
+        if d.flags or d.rung_index:
+            odd += 1
+    return odd
+
+
+def pcts(ns: np.ndarray) -> dict[str, float]:
+    us = ns / 1e3
+    p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
+    return {"p50": float(p50), "p99": float(p99), "p999": float(p999), "max": float(us.max()),
+            "mean": float(us.mean())}
+
+
+def build_series(name: str, plain: Path, drift: Path, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """The service of series ``name`` and the side tasks attached to it."""
+    from tailguard.audit.log import AuditLog, new_key
+    from tailguard.observe.dashboard import DashboardSampler
+    from tailguard.observe.drift import DriftMonitor
+
+    on = name == "on"
+    svc = tailguard.load_service(drift if on or name == "drift" else plain,
+                                 record_latency=on or name == "metrics")
+    tasks: dict[str, Any] = {}
+    if on or name == "audit":
+        key = new_key(workdir / f"{name}.key")
+        tasks["audit"] = AuditLog.for_service(svc, workdir / f"audit-{name}", key)
+    if on or name == "drift":
+        tasks["drift"] = DriftMonitor.from_spec(svc)
+    if on or name == "dashboard":
+        tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300)
+    for task in tasks.values():
+        svc.attach(task)
+    return svc, tasks
+
+
+def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "audit" in tasks:
+        a = tasks["audit"]
+        out["audit"] = {"written": a.written, "pending": a.pending, "dropped": a.dropped,
+                        "checkpoints": a.checkpoints}
+    if "drift" in tasks:
+        st = tasks["drift"].statistics()
+        out["drift"] = {k: st[k] for k in ("recorded_rows", "dropped_rows", "windows")}
+    if "dashboard" in tasks:
+        d = tasks["dashboard"]
+        out["dashboard"] = {"samples": d.samples, "max_step_us": round(d.max_step_ns / 1e3, 1)}
+    return out
+
+
+def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path) -> dict[str, Any]:
+    from tailguard.serve.app import SidePathGC
+
+    names = list(SERIES if not args.no_breakdown else SERIES[:2])
+    built = {name: build_series(name, plain, drift, workdir) for name in names}
+    services = [svc for svc, _ in built.values()]
+    feed = Feed(args.seed)
+    feed.apply(services, 5000)
+    symbols = sorted(feed.quotes)
+    block = max(1, round(args.rate * args.block_s))
+    calls = [(symbols[i % len(symbols)], dict(feed.quotes[symbols[i % len(symbols)]])) for i in range(block)]
+    offsets = np.round(np.arange(block) * (1e9 / args.rate)).astype(np.int64)
+    tailguard.tune_gc()
+    gc = SidePathGC()  # as the server runs the cyclic collector: from the side-path timer
+    max_ticks = int((args.rounds + 1) * args.block_s * 1e9 / SIDE_INTERVAL_NS) + 100
+    scrape = round(args.scrape_s * 1e9)
+    sides = {name: Side(svc, gc.tick, scrape if name in ("on", "metrics") else 0, max_ticks)
+             for name, (svc, _) in built.items()}
+    n = block * args.rounds
+    lat = {k: np.zeros(n, dtype=np.int64) for k in sides}
+    svc_ns = {k: np.zeros(n, dtype=np.int64) for k in sides}
+    odd = dict.fromkeys(sides, 0)
+    scratch = np.zeros(block, dtype=np.int64)
+    for s in sides.values():  # a warm-up block each, unrecorded
+        run_block(s, calls, offsets, scratch, scratch.copy(), 0)
+    for s in sides.values():
+        s.ticks = 0
+    log(f"in process: {args.rounds} rounds of {block}-request blocks at {args.rate:g}/s per series "
+        f"({', '.join(names)}), side path every {SIDE_INTERVAL_NS / 1e6:g} ms for {SIDE_BUDGET_S * 1e6:g} us")
+    pos = 0
+    try:
+        for r in range(args.rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                odd[name] += run_block(sides[name], calls, offsets, lat[name], svc_ns[name], pos)
+                feed.apply(services, TICKS_PER_BLOCK)
+            pos += block
+    finally:
+        gc.close()
+    out = {
+        "rate": args.rate, "requests_per_series": n, "series": names,
+        "latency_us": {k: pcts(v) for k, v in lat.items()},
+        "service_us": {k: pcts(v) for k, v in svc_ns.items()},
+        "tick_us": {k: pcts(s.tick_ns[: min(s.ticks, len(s.tick_ns))]) for k, s in sides.items()},
+        "not_primary_or_flagged": odd,
+        "side_ticks": {k: s.ticks for k, s in sides.items()}, "scrapes": sides["on"].scrapes,
+        "tasks": {name: task_stats(tasks) for name, (_, tasks) in built.items() if tasks},
+        "latency_recorder_dropped": {name: svc.latency.dropped for name, (svc, _) in built.items()
+                                     if svc.latency is not None},
+    }
+    for svc in services:
+        svc.close()
+    return out
+
+
+# -- 3 + 4. audit throughput and replay ----------------------------------------------------------------
+def audit_and_replay(args: argparse.Namespace, plain: Path, workdir: Path) -> dict[str, Any]:
+    from tailguard.audit.log import AuditLog, new_key
+    from tailguard.audit.replay import replay
+    from tailguard.audit.verify import verify
+
+    svc = tailguard.load_service(plain, record_latency=False)
+    feed = Feed(args.seed + 1)
+    feed.apply([svc], 5000)
+    symbols = sorted(feed.quotes)
+    key = new_key(workdir / "throughput.key")
+    directory = workdir / "audit-throughput"
+    audit = AuditLog.for_service(svc, directory, key)  # default fsync interval (50 ms)
+    predict, on_decision, pc = svc.engine.predict, audit.on_decision, time.perf_counter_ns
+    n = args.records
+    append_ns = drain_ns = 0
+    log(f"audit: {n} single-row decisions appended and drained every 1000 (fsync every "
+        f"{audit.fsync_interval_ns / 1e6:g} ms)")
+    i = 0
+    while i < n:
+        m = min(1000, n - i)
+        for j in range(m):
+            s = symbols[(i + j) % len(symbols)]
+            d = predict(s, feed.quotes[s], priority="bulk")
+            t0 = pc()
+            on_decision(d)
+            append_ns += pc() - t0
+        t0 = pc()
+        audit.drain(None)
+        drain_ns += pc() - t0
+        i += m
+        if i % 10_000 == 0:
+            feed.apply([svc], TICKS_PER_BLOCK)
+    t0 = pc()
+    audit.close()
+    close_ns = pc() - t0
+    total_s = (append_ns + drain_ns + close_ns) / 1e9
+    size = sum(p.stat().st_size for p in directory.glob("segment-*"))
+    out: dict[str, Any] = {
+        "records": n, "written": audit.written, "dropped": audit.dropped, "checkpoints": audit.checkpoints,
+        "segments": len(list(directory.glob("segment-*"))), "bytes_per_record": round(size / max(n, 1), 1),
+        "append_us_per_record": round(append_ns / 1e3 / n, 3),
+        "drain_us_per_record": round(drain_ns / 1e3 / n, 3),
+        "close_ms": round(close_ns / 1e6, 2), "audit_records_per_s": round(n / total_s),
+    }
+    log(f"replay: verify, then re-run {n} records ({size / 2**20:.0f} MiB)")
+    t0 = pc()
+    check = verify(directory, key, svc.spec.name)
+    out["verify_s"] = round((pc() - t0) / 1e9, 2)
+    out["verify_ok"] = check.ok
+    prof = cProfile.Profile() if args.profile else None
+    t0 = pc()
+    if prof is not None:
+        prof.enable()
+    rep = replay(directory, key, svc)
+    if prof is not None:
+        prof.disable()
+    out["replay_s"] = round((pc() - t0) / 1e9, 2)
+    out["replay"] = {k: v for k, v in rep.as_dict().items() if k != "mismatches"}
+    out["replay_mismatches"] = rep.as_dict()["mismatches"][:3]
+    out["replay_1m_s"] = round(out["replay_s"] * 1e6 / n, 2)
+    out["replay_records_per_s"] = round(n / max(out["replay_s"], 1e-9))
+    if prof is not None:
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+        out["replay_profile"] = buf.getvalue()
+    svc.close()
+    return out
+
+
+# -- 2. through the server ----------------------------------------------------------------------------
+def through_server(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path) -> dict[str, Any]:
+    from serve import quotes
+
+    from tailguard.audit.log import new_key
+    from tailguard.bench import loadgen
+    from tailguard.bench.loadgen import LoadConfig, Target, Workload
+    from tailguard.bench.mix import parse_mix
+    from tailguard.serve.process import ServerProcess
+    from tailguard.spec import load_spec
+
+    key_file = workdir / "server.key"
+    new_key(key_file)
+    budgets = {p.name: float(p.budget) for p in load_spec(plain).priorities}
+    keys, contexts = quotes(args.seed)
+    work = Workload(parse_mix(args.server_class).with_budgets(budgets), keys, list(contexts),
+                    entity="instrument", model="trading")
+    off_args = ("--dashboard-interval", "0", "--no-latency-recording")
+    on_args = ("--audit-dir", str(workdir / "audit-server"), "--audit-key-file", str(key_file),
+               "--log-json", str(workdir / "server.log.jsonl"))
+    blocks: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    common = ("--tcp", "127.0.0.1:0", "--workers", "1")
+    log(f"server: {args.server_rounds} alternating open-loop blocks of {args.server_block_s:g} s at "
+        f"{args.server_rate:g}/s, class {args.server_class}, per server (off, on)")
+    with ServerProcess.start(plain, *common, *off_args) as s_off, \
+            ServerProcess.start(drift, *common, *on_args) as s_on:
+        targets = {"off": Target("tcp", s_off.tcp or ""), "on": Target("tcp", s_on.tcp or "")}
+        for r in range(args.server_rounds):
+            order = ["off", "on"] if r % 2 == 0 else ["on", "off"]
+            for name in order:
+                rep = loadgen.run(targets[name], work, LoadConfig(rate_hz=args.server_rate,
+                                                                   duration_s=args.server_block_s,
+                                                                   warmup_s=0.5))
+                blocks[name].append({**rep["latency_us"], "server_p50": rep["server_us"].get("p50"),
+                                     "server_p99": rep["server_us"].get("p99"), "sent": rep["sent"],
+                                     "ok": rep["ok"], "statuses": rep["statuses"],
+                                     "send_lag_p99": rep["send_lag_us"].get("p99")})
+    out: dict[str, Any] = {"rate": args.server_rate, "class": args.server_class, "blocks": args.server_rounds}
+    for name, bl in blocks.items():
+        out[name] = {k: statistics.median(b[k] for b in bl if b.get(k) is not None)
+                     for k in ("p50", "p99", "p999", "server_p50", "server_p99", "send_lag_p99")
+                     if any(b.get(k) for b in bl)}
+        out[name]["sent"] = sum(b["sent"] for b in bl)
+        out[name]["ok"] = sum(b["ok"] for b in bl)
+        codes = sorted({k for b in bl for k in b["statuses"]})
+        out[name]["statuses"] = {k: sum(b["statuses"].get(k, 0) for b in bl) for k in codes}
+    audit_dir = workdir / "audit-server"
+    out["audit_bytes"] = sum(p.stat().st_size for p in audit_dir.rglob("segment-*"))
+    return out
+
+
+# -- figures, table, main ---------------------------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    ip, ar = res["inprocess"], res["audit"]
+    lat, svc = ip["latency_us"], ip["service_us"]
+    out: dict[str, Any] = {
+        "p50_overhead_ratio": _ratio(lat["on"]["p50"], lat["off"]["p50"]),
+        "p99_overhead_ratio": _ratio(lat["on"]["p99"], lat["off"]["p99"]),
+        "p999_overhead_ratio": _ratio(lat["on"]["p999"], lat["off"]["p999"]),
+        "audit_records_per_s": ar["audit_records_per_s"],
+        "replay_1m_s": ar["replay_1m_s"],
+        "service_p50_overhead_ratio": _ratio(svc["on"]["p50"], svc["off"]["p50"]),
+        "service_p99_overhead_ratio": _ratio(svc["on"]["p99"], svc["off"]["p99"]),
+    }
+    for name in ip["series"]:
+        for q in ("p50", "p99", "p999", "max"):
+            out[f"inproc_{name}_{q}_us"] = round(lat[name][q], 2)
+            out[f"inproc_{name}_service_{q}_us"] = round(svc[name][q], 2)
+        if name != "off":  # each side path alone: what it adds to the call (p50) and the tail (p99)
+            out[f"{name}_service_p50_added_us"] = round(svc[name]["p50"] - svc["off"]["p50"], 2)
+            out[f"{name}_p99_ratio"] = _ratio(lat[name]["p99"], lat["off"]["p99"])
+    out["side_tick_us"] = {k: {q: round(v[q], 1) for q in ("p50", "p99", "max")}
+                           for k, v in ip["tick_us"].items()}
+    out["inproc"] = {k: ip[k] for k in ("rate", "requests_per_series", "not_primary_or_flagged", "side_ticks",
+                                        "scrapes", "tasks", "latency_recorder_dropped")}
+    out["audit"] = {k: v for k, v in ar.items() if k != "replay_profile"}
+    srv = res.get("server")
+    if srv is not None:
+        out["server_p50_overhead_ratio"] = _ratio(srv["on"].get("p50"), srv["off"].get("p50"))
+        out["server_p99_overhead_ratio"] = _ratio(srv["on"].get("p99"), srv["off"].get("p99"))
+        out["server"] = srv
+    out["targets"] = {}
+    for name, limit, op, _ in TARGETS:
+        v = out.get(name)
+        ok = v is not None and (v <= limit if op == "<=" else v >= limit)
+        out["targets"][name] = {"value": v, "limit": limit, "op": op, "pass": bool(ok)}
+    out["quick"] = bool(args.quick)
+    out["total_s"] = round(res["total_s"], 1)
+    out["python"] = platform.python_version()
+    out["cpus"] = os.cpu_count()
+    out["machine"] = platform.machine()
+    return out
+
+
+def report(s: dict[str, Any], res: dict[str, Any], stream: Any) -> None:
+    def p(*a: Any) -> None:
+        print(*a, file=stream)
+
+    p(f"tailguard side-path cost: trading service, python {s['python']}, {s['cpus']} cpus"
+      f"{' (QUICK)' if s['quick'] else ''}")
+    ip = s["inproc"]
+    p(f"in process, open loop at {ip['rate']:g}/s, {ip['requests_per_series']} requests per series (us; "
+      "'intended': from the intended send time, 'call': the predict call alone; 'tick': one side-path tick):")
+    p(f"  {'series':<10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>9} |{'call p50':>9}{'p99':>8}{'p99.9':>8}"
+      f" |{'tick p50':>9}{'p99':>8}{'max':>8}")
+    for name in res["inprocess"]["series"]:
+        tk = s["side_tick_us"][name]
+        cells = "".join(f"{s[f'inproc_{name}_{q}_us']:>9.1f}" for q in ("p50", "p99", "p999", "max"))
+        p(f"  {name:<10}{cells}"
+          f" |{s[f'inproc_{name}_service_p50_us']:>9.2f}{s[f'inproc_{name}_service_p99_us']:>8.1f}"
+          f"{s[f'inproc_{name}_service_p999_us']:>8.1f} |{tk['p50']:>9.1f}{tk['p99']:>8.1f}{tk['max']:>8.1f}")
+    p(f"  on/off: p50 {s['p50_overhead_ratio']}, p99 {s['p99_overhead_ratio']}, "
+      f"p99.9 {s['p999_overhead_ratio']}; the call alone: p50 {s['service_p50_overhead_ratio']}, "
+      f"p99 {s['service_p99_overhead_ratio']}")
+    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on")]
+    if alone:
+        p("  each alone: " + ", ".join(f"{n} +{s[f'{n}_service_p50_added_us']} us call p50, "
+                                       f"p99 x{s[f'{n}_p99_ratio']}" for n in alone))
+    p(f"  side ticks {ip['side_ticks']}, scrapes {ip['scrapes']}, "
+      f"non-primary/flagged {ip['not_primary_or_flagged']}")
+    for name, st in ip["tasks"].items():
+        p(f"  {name}: {st}")
+    dropped = [n for n, st in ip["tasks"].items()
+               if st.get("audit", {}).get("dropped") or st.get("drift", {}).get("dropped_rows")]
+    if dropped:
+        p(f"WARNING: the side path dropped work in {dropped}: their cost is understated")
+    a = s["audit"]
+    p(f"audit: {a['records']} records, {a['audit_records_per_s']:,}/s (append {a['append_us_per_record']} us"
+      f" + drain {a['drain_us_per_record']} us per record, close {a['close_ms']} ms), "
+      f"{a['bytes_per_record']} B/record, {a['checkpoints']} checkpoints, dropped {a['dropped']}")
+    p(f"replay: {a['replay_s']} s for {a['records']} records ({a['replay_records_per_s']:,}/s; verify alone "
+      f"{a['verify_s']} s) -> {a['replay_1m_s']} s per 1M; {a['replay']}")
+    prof = res["audit"].get("replay_profile")
+    if prof:
+        p(prof)
+    srv = s.get("server")
+    if srv is not None:
+        p(f"through the server, open loop at {srv['rate']:g}/s (class {srv['class']}), median of "
+          f"{srv['blocks']} blocks (us):")
+        for name in ("off", "on"):
+            v = srv[name]
+            p(f"  {name:<4} p50 {v.get('p50', 0):>8.1f} p99 {v.get('p99', 0):>8.1f} "
+              f"p99.9 {v.get('p999', 0):>8.1f}  server p50 {v.get('server_p50', 0):>7.1f} "
+              f"p99 {v.get('server_p99', 0):>7.1f}  send lag p99 {v.get('send_lag_p99', 0):>7.1f}  "
+              f"ok {v['ok']}/{v['sent']} {v['statuses']}")
+        p(f"  on/off: p50 {s['server_p50_overhead_ratio']}, p99 {s['server_p99_overhead_ratio']}; "
+          f"audit {srv['audit_bytes'] / 2**20:.1f} MiB written")
+    for name, _limit, _op, desc in TARGETS:
+        t = s["targets"][name]
+        p(f"{'PASS' if t['pass'] else 'FAIL'} {name} = {t['value']} (target: {desc})")
+    p(f"ran {s['total_s']} s")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="tailguard-bench-observe-"))
+    try:
+        plain, drift = service_copies(workdir)
+        res: dict[str, Any] = {"inprocess": inprocess(args, plain, drift, workdir)}
+        res["audit"] = audit_and_replay(args, plain, workdir)
+        if not args.no_server:
+            res["server"] = through_server(args, plain, drift, workdir)
+        res["total_s"] = time.perf_counter() - t0
+        return res
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short phases and 100k audit records: a smoke run")
+    ap.add_argument("--rate", type=float, default=2000.0, help="in-process requests per second per series")
+    ap.add_argument("--block-s", type=float, default=0.5, help="seconds per in-process block")
+    ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 40, quick 8)")
+    ap.add_argument("--no-breakdown", action="store_true", help="in process: only off and on, not each alone")
+    ap.add_argument("--scrape-s", type=float, default=15.0, help="Prometheus render interval (0: none)")
+    ap.add_argument("--records", type=int, default=0, help="audit records to write and replay (default 1M)")
+    ap.add_argument("--profile", action="store_true", help="profile replay, print its top functions")
+    ap.add_argument("--no-server", action="store_true", help="skip the through-the-server pair")
+    ap.add_argument("--server-rate", type=float, default=2000.0, help="server requests per second")
+    ap.add_argument("--server-class", default="normal", help="priority class of the server requests")
+    ap.add_argument("--server-block-s", type=float, default=3.0, help="seconds per server block")
+    ap.add_argument("--server-rounds", type=int, default=0, help="server blocks each (default 10, quick 4)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", action="store_true", help="tables to stderr, one JSON object on stdout")
+    args = ap.parse_args()
+    args.rounds = args.rounds or (8 if args.quick else 40)
+    args.records = args.records or (100_000 if args.quick else 1_000_000)
+    args.server_rounds = args.server_rounds or (4 if args.quick else 10)
+    res = measure(args)
+    summary = summarize(res, args)
+    report(summary, res, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
