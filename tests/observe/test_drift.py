@@ -363,3 +363,20 @@ def test_from_spec_refuses_a_reference_on_other_feature_versions(live: Service, 
         DriftMonitor.from_spec(live, DriftSpec(reference=str(tmp_path / "none.npz")), sinks=[])
     ok = DriftMonitor.from_spec(live, DriftSpec(reference=str(ref.save(tmp_path / "ok.npz"))), sinks=[])
     assert ok.reference.meta["model"] == "primary/1"
+
+
+def test_a_budgeted_drain_scores_as_many_signals_as_its_budget_allows(live: Service, ref: Reference) -> None:
+    m = monitor(live, ref, window=200, min_window=10)
+    Traffic(live, seed=3).run(200)
+    for _ in range(10_000):  # rows in, until the full window closes and its scoring starts
+        m.drain(1)
+        if m._job is not None:
+            break
+    job = m._job
+    assert job is not None and job.next <= 1
+    seen = [job.next]
+    while m._job is job:
+        m.drain(1)  # a 1 ns budget: one signal per step, however fast the last one was
+        seen.append(job.next)
+    assert seen == list(range(seen[0], len(ref.names) + 1))
+    assert m.windows == 1 and len(m.drift_scores()) >= 2 * len(ref.names)

@@ -9,8 +9,10 @@ scores.  It keeps the last ``capacity`` points (300 at 1 s: five minutes).
 
 Nothing happens on the reply path: the histograms and counters it reads are the ones the
 engine, dispatcher and scheduler already keep.  A sample runs on the owner thread from
-``drain``, one histogram row per step, so a side-path slice stays short; a point is stamped
-with the time its sample started (rows read a few side-path ticks later still belong to it).
+``drain``, one histogram row per step (interval counts by one subtraction, percentiles by a
+two-level search, not a cumulative sum over every bucket), so a side-path slice stays short;
+a point is stamped with the time its sample started (rows read a few side-path ticks later
+still belong to it).
 
 Each finished point is encoded to JSON once, on the owner thread, and published together with
 the header (``Info``) as one immutable tuple: ``data(since)`` — what ``/dashboard/data``
@@ -108,31 +110,42 @@ def dashboard_page() -> bytes:
     return _PAGE[0]
 
 
-def _percentiles(cum: np.ndarray, max_ns: int) -> list[float]:
-    """``[count, p50_us, p99_us, p999_us]`` from one interval's *cumulative* bucket counts
-    (HdrHistogram's rank rule; a bucket reports its highest value, capped at the largest value
-    ever seen).  A binary search per percentile: no pass over the buckets."""
-    n = int(cum[-1]) if len(cum) else 0
+_BLOCK = 1024  # buckets per block of the two-level percentile search
+
+
+def _percentiles(raw: np.ndarray, max_ns: int) -> list[float]:
+    """``[count, p50_us, p99_us, p999_us]`` from one interval's bucket counts (HdrHistogram's
+    rank rule; a bucket reports its highest value, capped at the largest value ever seen).
+    Two levels, so no cumulative sum over every bucket: the sums of blocks of ``_BLOCK``
+    buckets find each rank's block, then a cumulative sum within that block its bucket."""
+    if not len(raw):
+        return [0.0, 0.0, 0.0, 0.0]
+    blocks = np.cumsum(np.add.reduceat(raw, np.arange(0, len(raw), _BLOCK)))
+    n = int(blocks[-1])
     if n <= 0:
         return [0.0, 0.0, 0.0, 0.0]
-    ranks = [max(1, int(p * n / 100.0 + 0.5)) for p in PERCENTILES]
-    at = np.searchsorted(cum, ranks).tolist()
-    return [float(n), *(min(bucket_high(i), max_ns) / 1e3 for i in at)]
+    out = [float(n)]
+    for p in PERCENTILES:
+        rank = max(1, int(p * n / 100.0 + 0.5))
+        b = int(np.searchsorted(blocks, rank))
+        before = int(blocks[b - 1]) if b else 0
+        lo = b * _BLOCK
+        i = lo + int(np.searchsorted(np.cumsum(raw[lo:lo + _BLOCK]), rank - before))
+        out.append(min(bucket_high(i), max_ns) / 1e3)
+    return out
 
 
 _NONE = np.zeros(0, dtype=np.int64)
 
 
 def _sum(rows: list[np.ndarray]) -> np.ndarray:
-    """Cumulative bucket counts of several histograms added (a shorter row holds its last
-    value beyond its end: no count lies above a row's largest value)."""
+    """Bucket counts of several histograms added (a shorter row has no counts beyond its end)."""
     live = [r for r in rows if len(r)]
     if len(live) <= 1:
         return live[0] if live else _NONE
     total = np.zeros(max(len(r) for r in live), dtype=np.int64)
     for r in live:
         total[: len(r)] += r
-        total[len(r):] += r[-1]
     return total
 
 
@@ -174,7 +187,7 @@ class DashboardSampler:
         self._classes = list(classes)
         self._scheduler_stats = scheduler_stats
         self._state = state or (lambda: "embedded")
-        #: Per (histogram, stage): the cumulative counts and the sum at the previous sample.
+        #: Per (histogram, stage): the bucket counts and the sum at the previous sample.
         self._prev_rows: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
         self._prev_counts: dict[str, int] = {}
         self._ring: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=capacity)
@@ -249,24 +262,26 @@ class DashboardSampler:
 
     # -- one sample ------------------------------------------------------------------------------------
     def _sample(self, now_ns: int, emit: bool) -> Iterator[None]:
-        """A generator of short steps: each engine histogram's new counts taken at once (so
-        every stage counts the same calls), one stage's percentiles per step, one class per
-        step, then the counters and the point."""
+        """A generator of short steps: each engine histogram's counts copied at once (one copy
+        per histogram, so every stage counts the same calls), then one stage's interval counts
+        and percentiles per step, one class per step, the counters, and the point."""
         stages: dict[str, list[float]] = {}
         rec = self.service.latency
         if rec is not None:
             hists = (rec.one, rec.batch)
-            parts = []
-            for i, h in enumerate(hists):
-                parts.append(self._deltas(f"engine{i}", h, range(len(rec.stages))))
+            snaps = []
+            for h in hists:
+                snaps.append(_Snapshot(h, range(len(rec.stages))))
                 yield
             for j, name in enumerate(rec.stages):
-                stages[name] = _percentiles(_sum([p[j] for p in parts]), max(h.max_ns[j] for h in hists))
+                rows = [self._delta(f"engine{i}", j, snap) for i, snap in enumerate(snaps)]
+                stages[name] = _percentiles(_sum(rows), max(snap.max_ns[j] for snap in snaps))
                 yield
         classes: dict[str, list[float]] = {}
         for name, h in self._classes:
             last = len(h.stages) - 1  # the server total
-            classes[name] = _percentiles(self._deltas(f"class:{name}", h, (last,))[0], h.max_ns[last])
+            snap = _Snapshot(h, (last,))
+            classes[name] = _percentiles(self._delta(f"class:{name}", last, snap), snap.max_ns[last])
             yield
         dt_s = max(now_ns - self._last_ns, 1) / 1e9
         self._last_ns = now_ns
@@ -275,6 +290,7 @@ class DashboardSampler:
         self._prev_counts = counts
         if not emit:
             return
+        yield
         rps = {"engine": rates.pop("engine")}
         for name, row in classes.items():  # the scheduler's exact count; else decisions timed
             rps[name] = rates.pop(f"class:{name}", row[0] / dt_s)
@@ -285,33 +301,26 @@ class DashboardSampler:
             drift=self._drift(),
         )
         self._ring.append((point.t, msgspec.json.encode(point)))
+        yield
         self.samples += 1
         self._published = (msgspec.json.encode(self._info()), tuple(t for t, _ in self._ring),
                            tuple(p for _, p in self._ring))
 
-    def _deltas(self, key: str, h: StageHistograms, stages: Iterable[int]) -> list[np.ndarray]:
-        """Per stage of ``h``, the cumulative bucket counts of what was recorded since the
-        previous sample: two passes over the buckets up to the largest value seen (a cumulative
-        sum, a subtraction), and none when the stage's sum did not move (nothing recorded)."""
-        out: list[np.ndarray] = []
-        for j in stages:
-            prev, prev_sum = self._prev_rows.get((key, j), (_NONE, 0))
-            total_ns = h.sum_ns[j]
-            if total_ns == prev_sum:
-                out.append(_NONE)
-                continue
-            max_ns = h.max_ns[j]
-            cum = np.cumsum(h.counts[j, : _bucket_of(max_ns) + 1 if max_ns > 0 else 0])
-            self._prev_rows[(key, j)] = (cum, total_ns)
-            if total_ns < prev_sum or len(prev) > len(cum):  # the histogram was reset meanwhile
-                out.append(cum)
-                continue
-            delta = cum.copy() if len(prev) < len(cum) else cum - prev
-            if len(prev) < len(cum) and len(prev):
-                delta[: len(prev)] -= prev
-                delta[len(prev):] -= prev[-1]  # cumulative: the old total holds beyond its end
-            out.append(delta)
-        return out
+    def _delta(self, key: str, j: int, snap: _Snapshot) -> np.ndarray:
+        """Stage ``j``'s bucket counts recorded since the previous sample of ``key`` (one
+        subtraction over the buckets up to the largest value seen; none when the stage's sum
+        did not move: nothing recorded)."""
+        prev, prev_sum = self._prev_rows.get((key, j), (_NONE, 0))
+        total_ns = snap.sum_ns[j]
+        if total_ns == prev_sum:
+            return _NONE
+        row = snap.rows[j]
+        self._prev_rows[(key, j)] = (row, total_ns)
+        if total_ns < prev_sum or len(prev) > len(row):  # the histogram was reset meanwhile
+            return row
+        delta = row.copy()
+        delta[: len(prev)] -= prev
+        return delta
 
     def _counters(self) -> tuple[dict[str, int], dict[str, int]]:
         """Cumulative counts (engine calls, rung answers, scheduler events) and queue depths."""
@@ -351,3 +360,18 @@ class DashboardSampler:
             stages=list(self.service.latency.stages) if self.service.latency is not None else [],
             drift=bool(self._drift_tasks()),
         )
+
+
+class _Snapshot:
+    """The counts (up to each stage's largest value), sums and maxima of some stages of one
+    histogram, copied at one instant: what a sample reads while the side path keeps recording."""
+
+    __slots__ = ("max_ns", "rows", "sum_ns")
+
+    def __init__(self, h: StageHistograms, stages: Iterable[int]) -> None:
+        self.max_ns = list(h.max_ns)
+        self.sum_ns = list(h.sum_ns)
+        self.rows: dict[int, np.ndarray] = {}
+        for j in stages:
+            m = self.max_ns[j]
+            self.rows[j] = h.counts[j, : _bucket_of(m) + 1 if m > 0 else 0].copy()

@@ -10,7 +10,9 @@ reply path it only copies each decision's feature rows into a preallocated ring
 2. fills a window of ``window`` decisions (or fewer, once ``window_interval`` has passed with
    ``min_window``) and, when it closes, scores every feature and output against the
    reference — PSI and KS, vectorised over all signals (``Reference.scores``) — in steps of a
-   few signals each, sized to about ``STEP_NS``, so no single step holds the loop long;
+   few signals each, sized to the budget left in the ``drain`` call (``STEP_NS`` at most, one
+   signal at least; the first step of a monitor scores one signal to learn the cost), so a
+   window's scores may take several side-path ticks and no single step holds the loop long;
 3. matches delayed labels (``observe_label``) to the predictions they label and feeds the
    absolute error to an ADWIN detector;
 4. runs each signal's hysteresis (``tailguard.observe.alerts``) and sends alert events to
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STEP_NS", "DriftMonitor"]
 
-#: Target length of one scoring step on the side path.
+#: Longest scoring step on the side path (a budgeted ``drain`` sizes its steps to the budget left).
 STEP_NS = 200_000
 _CHUNK = 512  # rows converted or moved into the window per step
 
@@ -82,7 +84,7 @@ class DriftMonitor(DecisionRing):
         self._win_start_ns = 0
         self._interval_ns = None if spec.window_interval is None else round(spec.window_interval * 1e9)
         self._job: _Job | None = None
-        self._group = self._nsig
+        self._signal_ns = 0  # measured cost of scoring one signal (0: not measured yet)
         self.windows = 0
         params = {"adwin_delta": spec.adwin_delta, "ph_threshold": spec.ph_threshold,
                   "ph_delta": spec.ph_delta}
@@ -134,17 +136,18 @@ class DriftMonitor(DecisionRing):
         end = None if budget_ns is None else now() + budget_ns
         done = 0
         while True:
-            n = self._step(end is None)
+            n = self._step(None if end is None else end - now())
             if n < 0:
                 return done
             done += n
             if end is not None and now() >= end:
                 return done
 
-    def _step(self, whole: bool) -> int:
-        """One unit of work; the number of rows/labels it handled, or -1 when idle."""
+    def _step(self, left_ns: int | None) -> int:
+        """One unit of work, sized to ``left_ns`` (None: unbounded) where it can be; the number of
+        rows/labels it handled, or -1 when idle."""
         if self._job is not None:
-            self._advance(whole)
+            self._advance(left_ns)
             return 0
         if self._tail < self._conv:
             self._fill()
@@ -180,7 +183,7 @@ class DriftMonitor(DecisionRing):
 
     def _close_window(self) -> None:
         if self._job is not None:
-            self._advance(True)  # the previous window's scores first (its buffer is reused next)
+            self._advance(None)  # the previous window's scores first (its buffer is reused next)
         n, self._wn = self._wn, 0
         self._win, self._spare = self._spare, self._win
         self._job = _Job(self._spare[:n], self.windows, self._nsig)
@@ -193,15 +196,24 @@ class DriftMonitor(DecisionRing):
             self.scores["error:mean"] = self._err_sum / self._err_n if self._err_n else math.nan
             self._err_sum, self._err_n = 0.0, 0
 
-    def _advance(self, whole: bool) -> None:
+    def _advance(self, left_ns: int | None) -> None:
+        """Score the next signals of the window in progress: as many as fit in ``left_ns``
+        (capped at ``STEP_NS``; at least one; all when None) at the measured cost per signal."""
         job = self._job
         assert job is not None
         lo = job.next
-        hi = self._nsig if whole else min(self._nsig, lo + self._group)
+        if left_ns is None:
+            hi = self._nsig
+        else:
+            group = min(left_ns, STEP_NS) // self._signal_ns if self._signal_ns else 1
+            hi = min(self._nsig, lo + max(1, group))
         t0 = time.perf_counter_ns()
         job.psi[lo:hi], job.ks[lo:hi] = self.reference.scores(job.rows, lo, hi)
         per_signal = max(1, (time.perf_counter_ns() - t0) // (hi - lo))
-        self._group = max(1, min(self._nsig, STEP_NS // per_signal))
+        # A step's cost has a fixed part: the estimate from a one-signal step errs high, so
+        # steps start short and grow; the slower of the old and new figures guards the budget.
+        old = self._signal_ns
+        self._signal_ns = per_signal if not old else max(per_signal, (old + per_signal) // 2)
         job.next = hi
         if hi < self._nsig:
             return
