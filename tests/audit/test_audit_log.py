@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -215,3 +217,106 @@ def test_mac_bytes_follow_every_payload(service: Service, log: AuditLog) -> None
     path = log.directory / segment_name(0)
     total = sum(LEN.size + len(p) + MAC_BYTES for _, _, p, _ in entries(path))
     assert total == path.stat().st_size
+
+
+# -- fsync off the serving thread, drain within its budget --------------------------------------
+class FsyncSpy:
+    """Records which thread each fsync ran on; fsyncs off the main thread wait for ``gate``."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.threads = real, []  # type: list[str]
+        self.gate, self.background = threading.Event(), threading.Event()
+        self.gate.set()
+        self.fail = False
+
+    def __call__(self, fd: int) -> None:
+        name = threading.current_thread().name
+        self.threads.append(name)
+        if name != threading.main_thread().name:
+            self.gate.wait(10)
+            self.background.set()
+            if self.fail:
+                raise OSError(5, "Input/output error")
+        self.real(fd)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> FsyncSpy:
+    s = FsyncSpy(os.fsync)
+    monkeypatch.setattr(os, "fsync", s)
+    return s
+
+
+def wait_synced(log: AuditLog) -> None:
+    state = log._synced
+    for _ in range(1000):
+        if state.done == state.asked:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the background fsync never finished")
+
+
+def test_batched_fsync_runs_off_the_serving_thread(service: Service, log: AuditLog, spy: FsyncSpy) -> None:
+    decide(service, 5)
+    spy.threads.clear()
+    assert log.drain() == 5
+    assert spy.background.wait(10)
+    assert spy.threads and all(t == "tailguard-audit-fsync" for t in spy.threads)
+    wait_synced(log)
+    assert verify(log.directory, KEY).records == 5  # written to the OS before the drain returned
+
+
+def test_per_record_mode_fsyncs_on_the_calling_thread(service: Service, tmp_path: Path,
+                                                      spy: FsyncSpy) -> None:
+    a = AuditLog(tmp_path / "a", KEY, service.spec.name, service.engine, fsync_interval_s=0)
+    service.engine.set_hooks([a])
+    decide(service, 3)
+    spy.threads.clear()
+    a.drain()
+    assert spy.threads == [threading.main_thread().name]
+    a.close()
+
+
+def test_rotation_while_a_background_fsync_waits_keeps_the_chain(service: Service, tmp_path: Path,
+                                                                  spy: FsyncSpy) -> None:
+    a = AuditLog(tmp_path / "a", KEY, service.spec.name, service.engine, segment_bytes=2000)
+    service.engine.set_hooks([a])
+    spy.gate.clear()  # the fsync thread is stuck on the first segment's descriptor
+    for _ in range(5):
+        decide(service, 10)
+        a.drain()
+    assert a._synced.asked == 1  # one in flight at a time: later drains did not queue more
+    a.close()
+    spy.gate.set()
+    wait_synced(a)
+    r = verify(a.directory, KEY)
+    assert r.ok and r.records == 50 and r.segments > 1
+
+
+def test_a_failed_background_fsync_is_raised_by_the_next_drain(service: Service, log: AuditLog,
+                                                               spy: FsyncSpy) -> None:
+    spy.fail = True
+    decide(service, 2)
+    log.drain()
+    wait_synced(log)
+    decide(service, 2)
+    with pytest.raises(AuditError, match="fsync"):
+        log.drain()
+
+
+def test_drain_keeps_to_its_budget(service: Service, log: AuditLog) -> None:
+    decide(service, 40)
+    assert log.drain(0) == 1  # at least one record, then the clock is checked after each
+    assert log.pending == 39
+    assert log.drain() == 39
+    log.close()
+    assert verify(log.directory, KEY).records == 40
+
+
+def test_a_backlog_is_worked_off_even_under_a_zero_budget(service: Service, log: AuditLog) -> None:
+    decide(service, 640)
+    assert log.drain(0) == 10  # a 64th of the backlog, whatever the budget
+    assert log.drain(0) == 630 >> 6
+    assert log.drain() == 640 - 10 - (630 >> 6)
+    log.close()
+    assert verify(log.directory, KEY).records == 640

@@ -8,13 +8,20 @@ decision is counted as dropped, and the next drain records a ``Dropped`` entry, 
 is part of the chain.  ``drain`` (the owner's side path) rewrites PII keys, computes feature
 ages, encodes and chains into one buffer, writes it with one call, writes a checkpoint every
 ``checkpoint_records`` records or ``checkpoint_interval_s`` (Ed25519-signed with a
-``signer``), and fsyncs at most every ``fsync_interval_s`` (0: after every drain), so after
-kill -9 at most that window of records is missing.  A segment rotates at ``segment_bytes``,
-and then the ``retention`` policy removes old segments behind an anchor.  Opening a
-directory that already holds segments verifies it, cuts a torn last entry, closes the
-interrupted segment and continues in a new segment chained to it.
+``signer``), and fsyncs at most every ``fsync_interval_s`` (0: after every drain, on the
+calling thread).  In batched mode the drain only hands the OS the bytes and a duplicate of the
+segment's file descriptor to one background thread, which fsyncs and closes it (a rotation
+closes the old segment with its own fsync, so the dup keeps nothing alive that matters); one
+fsync is in flight per log at a time.  After kill -9 nothing handed to the OS is lost; after an
+OS crash at most the fsync window of records is missing, never a link of the chain before it.
+A segment rotates at ``segment_bytes``, and then the ``retention`` policy removes old
+segments behind an anchor.  Opening a directory that already holds segments verifies it,
+cuts a torn last entry, closes the interrupted segment and continues in a new segment
+chained to it.  ``drain(budget_ns)`` writes at least one record, then another only while
+one more at the mean cost so far still fits the budget.
 
-Owner: the engine's thread (hooks and drain); no locks.
+Owner: the engine's thread (hooks and drain); no locks (the fsync thread shares only its
+queue and each log's ``_Synced`` counters).
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import hashlib
 import os
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -62,6 +71,44 @@ if TYPE_CHECKING:
 __all__ = ["AuditError", "AuditLog", "load_key", "new_key"]
 
 
+class _Synced:
+    """One log's background fsyncs: how many were asked for and done, and the last failure."""
+
+    __slots__ = ("asked", "done", "error")
+
+    def __init__(self) -> None:
+        self.asked = self.done = 0
+        self.error: OSError | None = None
+
+
+_jobs: SimpleQueue[tuple[int, int, _Synced]] | None = None
+_jobs_pid = 0
+
+
+def _fsync_worker(jobs: SimpleQueue[tuple[int, int, _Synced]]) -> None:
+    """The background thread: fsync each handed-over descriptor (a dup), close it, mark it done."""
+    while True:
+        fd, number, state = jobs.get()
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            state.error = exc
+        finally:
+            os.close(fd)
+        state.done = number
+
+
+def _fsync_in_background(fd: int, state: _Synced) -> None:
+    """Hand a dup of ``fd`` to the fsync thread (started on first use, again in a forked child)."""
+    global _jobs, _jobs_pid
+    if _jobs is None or _jobs_pid != os.getpid():
+        _jobs, _jobs_pid = SimpleQueue(), os.getpid()
+        threading.Thread(target=_fsync_worker, args=(_jobs,), name="tailguard-audit-fsync",
+                         daemon=True).start()
+    state.asked += 1
+    _jobs.put((os.dup(fd), state.asked, state))
+
+
 class AuditLog:
     """Log every decision of ``engine`` to ``directory`` (install it as an engine hook, or
     ``service.attach`` it).  ``for_service`` also applies the spec's PII marks."""
@@ -93,6 +140,7 @@ class AuditLog:
         self._hashes: dict[str, str] = {}
         self.dropped = self._unrecorded_drops = self.written = self.checkpoints = 0
         self._last_fsync = self._since_ck = 0
+        self._synced, self._dirty = _Synced(), False
         self._last_ck_ns = self._mono()
         self._file: Any = None
         self._buf = bytearray()
@@ -151,8 +199,9 @@ class AuditLog:
         return len(self._queue)
 
     def drain(self, budget_ns: int | None = None) -> int:
-        """Write queued decisions for at most ``budget_ns`` (None: all); checkpoint, fsync and
-        rotate when due.  Returns how many were written."""
+        """Write queued decisions for about ``budget_ns`` (None: all; at least one, and at
+        least a 64th of the backlog); checkpoint, fsync and rotate when due.  Returns how
+        many were written."""
         if self._file is None:
             return 0
         now = time.perf_counter_ns
@@ -163,38 +212,28 @@ class AuditLog:
         if self._unrecorded_drops:
             self._append(Dropped(self._next_seq(), self._wall(), self._unrecorded_drops))
             self._unrecorded_drops = 0
-        q, width, pii = self._queue, self._assembler.width, self.pii
-        while q and (end is None or n % 32 or now() < end):
-            wall, mono, d, feats, written, filled = q.popleft()
-            if type(d) is Decision:
-                rungs, flags, keys, rows = [d.rung_index], [d.flags], d.key, 1
-            else:
-                rungs, flags, keys, rows = d.rungs.tolist(), d.flags.tolist(), d.keys, len(d)
-                keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
-            if pii is not None:
-                keys = pii.apply(keys)
-            version = d.model_version
-            model_hash = self._hashes.get(version)
-            if model_hash is None:
-                model_hash = self._model_hash(version)
-            ages = self._ages(written, filled, rows)
-            self._append(DecisionRecord(self._next_seq(), wall, mono, keys, d.priority, version, rungs,
-                                        flags, width, feats, len(d.output_names), d.outputs.tobytes(),
-                                        list(d.timings_ns), "", model_hash, ages))
-            n += 1
-            self._since_ck += 1
-            if self._since_ck >= self.checkpoint_records:
+        q, every = self._queue, self.checkpoint_records
+        # At least one record per call, and a 64th of the backlog: under a budget too small for
+        # the arrival rate the backlog settles near 64 ticks' arrivals instead of growing
+        # until the queue drops records.
+        floor = max(1, len(q) >> 6)
+        while q and (end is None or n < floor or now() < end):
+            k = self._write_records(every - self._since_ck, end, max(0, floor - n))
+            n += k
+            self._since_ck += k
+            if self._since_ck >= every:
                 self._checkpoint(False)
         self.written += n
         self._infos[-1].records += n
         if self._since_ck and self._mono() - self._last_ck_ns >= self._ck_interval_ns:
             self._checkpoint(False)
         self._flush()
-        if n or self.fsync_interval_ns == 0:
-            t = now()
-            if self.fsync_interval_ns == 0 or t - self._last_fsync >= self.fsync_interval_ns:
-                self._sync()
-                self._last_fsync = t
+        if self.fsync_interval_ns == 0:
+            self._sync()
+            self._last_fsync = now()
+        elif self._synced.error is not None or (
+                self._dirty and now() - self._last_fsync >= self.fsync_interval_ns):
+            self._sync_later()
         if self._bytes >= self.segment_bytes:
             self._close_segment()
             self._segment += 1
@@ -206,6 +245,51 @@ class AuditLog:
         """Write everything queued, close the segment with a checkpoint, fsync."""
         self.drain()
         self._close_segment()
+
+    def _write_records(self, limit: int, end: int | None, first: int) -> int:
+        """Encode and chain up to ``limit`` queued decisions into the buffer (at least ``first``,
+        then while one more, at this call's mean cost per record, ends before ``end``); the
+        per-record loop, kept to locals."""
+        q, width, pii, hashes, ages1 = self._queue, self._assembler.width, self.pii, self._hashes, self._ages1
+        encode, mac, buf, pack = self._encoder.encode, self._mac, self._buf, LEN.pack
+        now = time.perf_counter_ns
+        seq, prev, start, k, t0 = self._seq, self._prev, len(self._buf), 0, now()
+        while q and k < limit:
+            if end is not None and k >= first:  # stop before a record of the mean cost would overrun
+                t = now()
+                if t + ((t - t0) // k if k else 0) >= end:
+                    break
+            wall, mono, d, feats, written, filled = q.popleft()
+            if type(d) is Decision:
+                rungs, flags, keys = [d.rung_index], [d.flags], d.key
+                ages = ages1.pack(*[NO_AGE if w == NEVER else filled - w for w in ages1.unpack(written)])
+            else:
+                rungs, flags, keys = d.rungs.tolist(), d.flags.tolist(), d.keys
+                keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
+                ages = self._ages(written, filled, len(d))
+            if pii is not None:
+                keys = pii.apply(keys)
+            version = d.model_version
+            model_hash = hashes.get(version)
+            if model_hash is None:
+                model_hash = self._model_hash(version)
+                hashes = self._hashes
+            payload = encode(DecisionRecord(seq, wall, mono, keys, d.priority, version, rungs, flags, width,
+                                            feats, len(d.output_names), d.outputs.tobytes(),
+                                            list(d.timings_ns), "", model_hash, ages))
+            h = mac.copy()
+            h.update(prev)
+            h.update(payload)
+            prev = h.digest()
+            buf += pack(len(payload))
+            buf += payload
+            buf += prev
+            seq += 1
+            k += 1
+        self._seq, self._prev = seq, prev
+        self._entries += k
+        self._bytes += len(buf) - start
+        return k
 
     # -- record contents ---------------------------------------------------------------------------
     def _ages(self, written: bytes, filled: int, rows: int) -> bytes:
@@ -229,6 +313,7 @@ class AuditLog:
         return s
 
     def _append(self, entry: Any) -> None:
+        """Encode and chain one entry (headers, checkpoints, gaps; records: ``_write_records``)."""
         payload = self._encoder.encode(entry)
         h = self._mac.copy()
         h.update(self._prev)
@@ -244,6 +329,7 @@ class AuditLog:
 
     def _flush(self) -> None:
         if self._buf:
+            self._dirty = True
             self._file.write(self._buf)
             self._digest.update(self._buf)
             self._buf.clear()
@@ -311,3 +397,19 @@ class AuditLog:
         if self._subjects is not None:
             self._subjects.sync()  # keys before the records that use them
         os.fsync(self._file.fileno())
+        self._dirty = False
+
+    def _sync_later(self) -> None:
+        """Hand the written bytes to the OS now and their fsync to the background thread
+        (unless the last one is still running: then the next drain tries again)."""
+        state = self._synced
+        if state.error is not None:
+            error, state.error = state.error, None
+            raise AuditError(f"fsync of the audit log in {self.directory} failed") from error
+        self._file.flush()  # after kill -9 the OS still has them
+        if state.done != state.asked:
+            return
+        if self._subjects is not None:
+            self._subjects.sync()  # keys before the records that use them
+        _fsync_in_background(self._file.fileno(), state)
+        self._dirty, self._last_fsync = False, time.perf_counter_ns()
