@@ -8,6 +8,12 @@ each artifact's SHA-256.  ``content_hash`` covers what decides the model's answe
 signature, the pinned feature versions and the artifacts' hashes — not its name, version
 label or training notes, so a version is addressed by what it computes; ``read_manifest``
 recomputes every hash at load and refuses a mismatch.
+
+Registry metadata rides along without entering ``content_hash``: ``training_data`` (where the
+training rows came from, their SHA-256, row count and time range) and ``metrics`` (offline
+metrics such as ``auc``).  Manifests written before these fields existed still load.  A
+detached signature (``manifest.sig``, see ``tailguard.registry.sign``) covers
+``canonical_bytes`` — every field of the file, ``content_hash`` included.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import msgspec
 
 from tailguard.errors import ModelLoadError
 
-__all__ = ["Artifact", "Manifest", "content_hash", "file_sha256", "read_manifest", "write_manifest"]
+__all__ = ["Artifact", "Manifest", "TrainingData", "canonical_bytes", "content_hash", "file_sha256",
+           "read_manifest", "write_manifest"]
 
 MANIFEST = "manifest.json"
 
@@ -38,6 +45,17 @@ class Artifact(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     output_columns: tuple[int, ...] = ()
 
 
+class TrainingData(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a version's training rows came from: a path or URI, and what is known about them
+    (SHA-256 of the data file, row count, event-time range as ISO 8601 strings)."""
+
+    uri: str
+    sha256: str = ""
+    rows: int | None = None
+    start: str = ""
+    end: str = ""
+
+
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A model version's manifest (``manifest.json``)."""
 
@@ -50,6 +68,10 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     content_hash: str = ""
     created_at: str = ""
     training: dict[str, Any] = {}
+    #: The training set this version was fitted on (None: not recorded).
+    training_data: TrainingData | None = None
+    #: Offline metrics measured at training time, e.g. ``{"auc": 0.75, "logloss": 0.61}``.
+    metrics: dict[str, float] = {}
 
     def artifact(self, kind: str) -> Artifact | None:
         """The artifact of ``kind`` (``onnx`` or ``trees``), or None."""
@@ -78,6 +100,17 @@ def content_hash(m: Manifest) -> str:
                             for a in m.artifacts),
     }
     return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
+
+
+def canonical_bytes(raw: bytes) -> bytes:
+    """The canonical form of a manifest file's bytes: its JSON with keys sorted and no
+    whitespace — what a signature covers, so re-formatting the file keeps it valid while any
+    change of a value (``content_hash`` included) breaks it."""
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ModelLoadError(f"corrupt manifest: {exc}") from exc
+    return msgspec.json.encode(data, order="sorted")
 
 
 def write_manifest(directory: Path, m: Manifest) -> Manifest:

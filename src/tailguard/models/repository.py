@@ -2,8 +2,11 @@
 
 Loading is where every model error surfaces — missing or corrupt files, a signature that
 does not match the artifact, or pinned feature versions that differ from the live ones —
-so the first request never meets one.  A loaded model is warmed up (a declared number of
-inferences) before it can take traffic, which also seeds its service-time estimate.
+so the first request never meets one.  The repository's ``registry.toml`` may require every
+version to be signed (``tailguard.registry.sign``); an unsigned or badly signed version is
+refused here with ``ModelSignatureError`` (a ``ModelLoadError``).  A loaded model is warmed
+up (a declared number of inferences) before it can take traffic, which also seeds its
+service-time estimate.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tailguard.models.manifest import Manifest, read_manifest
 from tailguard.models.onnx import OnnxRuntime
 from tailguard.models.runtime import Runtime, ServiceTime
 from tailguard.models.trees import TreesRuntime
+from tailguard.registry.sign import SignatureStatus, check_version_signature, load_policy
 from tailguard.spec import ModelSpec
 
 __all__ = ["LoadedModel", "list_versions", "load_model", "resolve_version"]
@@ -34,6 +38,8 @@ class LoadedModel:
     manifest: Manifest
     runtime: Runtime
     service_time: ServiceTime = field(default_factory=ServiceTime)
+    #: What the signature check found at load (unsigned when no policy asked for one).
+    signature: SignatureStatus = field(default_factory=lambda: SignatureStatus(False, False))
 
     @property
     def label(self) -> str:
@@ -118,7 +124,8 @@ def load_model(
     version: str | None = None,
     clock: Clock | None = None,
 ) -> LoadedModel:
-    """Load, verify, check against live feature versions and warm up one model version."""
+    """Load, verify (hashes, then the signature policy of ``<repository>/registry.toml``),
+    check against live feature versions and warm up one model version."""
     root = (service_dir / spec.repository).resolve()
     ver = version or resolve_version(spec, root)
     directory = root / spec.name / ver
@@ -127,6 +134,7 @@ def load_model(
         raise ModelLoadError(
             f"{directory}: manifest says {m.name}/{m.version}, the repository path says {spec.name}/{ver}"
         )
+    signature = check_version_signature(directory, load_policy(root))
     check_feature_versions(m, live_feature_versions)
     rt = _runtime(spec, directory, m)
     if rt.n_inputs != len(m.inputs):
@@ -137,7 +145,7 @@ def load_model(
         raise ModelLoadError(
             f"{directory}: manifest declares {len(m.outputs)} outputs, the model gives {rt.n_outputs}"
         )
-    loaded = LoadedModel(name=spec.name, version=ver, manifest=m, runtime=rt)
+    loaded = LoadedModel(name=spec.name, version=ver, manifest=m, runtime=rt, signature=signature)
     warm_up(loaded, spec.warmup, clock=clock)
     return loaded
 
