@@ -13,6 +13,8 @@ returns values a caller can use (tailguard: float32 rows with ages and flags; Fe
   many views); ``feast_one_entity``: the same through Feast (one read per feature view);
 * ``tailguard_<N>``: N items in one pipelined round trip, N in 1, 10, 100, 200, 500
   (``candidates200`` = 200: a recommender's candidates); ``feast_<N>`` for 1, 10, 100, 500;
+  ``redis_raw_200``: a 200-key batch on a raw socket, its reply read as bytes and not parsed,
+  the floor of ``tailguard_200`` (the network and Redis' own work);
 * ``nearcache_hit``: one user served from tailguard's near-cache (client tracking link up);
   ``spin``: a busy wait as long as the hit's p50, the machine's own tail for a call that long.
 
@@ -32,6 +34,11 @@ machine noise falls on both alike.  Then, separately:
   (``ingest_redis_events_per_s``) and coalesced per 1000 events (``..._batched_...``).
 
 Percentiles are over all measured calls, in microseconds (timer cost included, not subtracted).
+Before measuring, the process calls ``tailguard.tune_gc()`` (freeze the loaded heap, rarer
+young collections): what ``tailguard serve``'s workers do at start; the Feast side freezes its
+heap too.  The JSON says how many collections ran while measuring, and how busy the whole
+machine was (``/proc/stat``: every process's CPU time, the hypervisor's steal; other tenants
+of a shared VM show up there, and in the p99 of every series alike).
 Run: ``.venv/bin/python benchmarks/features.py`` (tables) or ``--json`` (tables to stderr, the
 last stdout line one JSON object); ``--quick`` for a short run.  Feast needs its own venv:
 ``python3 -m venv .venv-feast && .venv-feast/bin/pip install 'feast[redis]'``; without it the
@@ -62,7 +69,7 @@ sys.path.insert(0, str(HERE))
 
 from support.example import SERVICE_DIR, example_module, log  # noqa: E402
 from support.feast_side import FEAST_SIZES, FeastSide  # noqa: E402
-from support.redis_server import RawPing, RedisServer  # noqa: E402
+from support.redis_server import RawPing, RawPipeline, RedisServer  # noqa: E402
 
 import tailguard  # noqa: E402
 from tailguard.features.online.cached import NearCachedStore  # noqa: E402
@@ -274,23 +281,29 @@ def build(args: argparse.Namespace, server: RedisServer, tmp: Path) -> tuple[lis
         loop_read(cached.read, users, hot_pool.take(k), user_rows, o, p)
         return k - (cached.cache.hits - before)  # misses: not hits, so counted odd
 
-    series.append(Series("nearcache_hit", int(100_000 * q), rounds, hit_run))
+    series.append(Series("nearcache_hit", int(200_000 * q), rounds, hit_run))
     spin_ns = [2_000]  # calibrated to the hit's p50 after warm-up (measure_lookups)
-    series.append(Series("spin", int(100_000 * q), rounds, lambda k, o, p: loop_spin(spin_ns, k, o, p)))
-    calls = {1: 20_000, 10: 20_000, 100: 5_000, 200: 5_000, 500: 2_000}
+    series.append(Series("spin", int(200_000 * q), rounds, lambda k, o, p: loop_spin(spin_ns, k, o, p)))
+    calls = {1: 20_000, 10: 20_000, 100: 20_000, 200: 20_000, 500: 5_000}
     for size in TG_SIZES:
         pool = Pool([rng.integers(0, n, size).tolist() for _ in range(256)])
         series.append(Series(f"tailguard_{size}", int(calls[size] * q), rounds,
                              lambda k, o, p, pool=pool: loop_read(store.read_many, items, pool.take(k),
                                                                   item_rows, o, p)))
+    # The floor of the 200-key read: the same kind of batch on a raw socket, its reply read unparsed.
+    raw200 = RawPipeline(server.port, [store.pack_keys(items, rng.integers(0, n, 200).tolist())
+                                       for _ in range(256)], 200 * store.read_plan(items)[1].record)
+    series.append(Series("redis_raw_200", int(20_000 * q), rounds,
+                         lambda k, o, p: loop_call(raw200, k, o, p)))
     if feast is not None:
-        feast_calls = {"feast_one_entity": 5_000, "feast_1": 5_000, "feast_10": 2_000, "feast_100": 1_000,
+        feast_calls = {"feast_one_entity": 5_000, "feast_1": 5_000, "feast_10": 2_000, "feast_100": 1_500,
                        "feast_500": 200}
         for name, c in feast_calls.items():
             series.append(Series(name, max(int(c * q), 2 * rounds), rounds, feast.series_run(name)))
 
     def close() -> None:
         ping.close()
+        raw200.close()
         rpy.close()
 
     info.update(spin_ns=spin_ns, store=store, cached=cached, feast=feast, users=users, views=views,
@@ -299,6 +312,28 @@ def build(args: argparse.Namespace, server: RedisServer, tmp: Path) -> tuple[lis
 
 
 # -- the interleaved main measurement --------------------------------------------------------------
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``: user nice system idle iowait irq softirq steal),
+    or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def machine_load(before: list[int] | None, after: list[int] | None) -> dict[str, Any]:
+    """How busy the whole machine was while measuring: every process's CPU time, the hypervisor's steal,
+    and the load average at the end (other tenants show up here, not in this process's figures)."""
+    out: dict[str, Any] = {"loadavg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+    if before and after:
+        d = [a - b for a, b in zip(after, before, strict=True)]
+        total = sum(d) or 1
+        out["busy_pct"] = round(100.0 * (total - d[3] - d[4]) / total, 1)
+        out["steal_pct"] = round(100.0 * d[7] / total, 1)
+    return out
+
+
 def measure_lookups(series: list[Series], info: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     for s in series:
         s.warm(max(3, s.block // 5))
@@ -310,13 +345,15 @@ def measure_lookups(series: list[Series], info: dict[str, Any], args: argparse.N
     gc_before = [g["collections"] for g in gc.get_stats()]
     log(f"measuring {len(series)} series in {args.rounds} interleaved rounds")
     t0 = time.perf_counter()
+    cpu0 = cpu_times()
     for r in range(args.rounds):
         k = r % len(series)
         for s in series[k:] + series[:k]:
             s.run_block()
+    cpu1 = cpu_times()
     gc_after = [g["collections"] for g in gc.get_stats()]
     return {"stats": {s.name: s.stats() for s in series}, "odd": {s.name: s.odd for s in series if s.odd},
-            "measure_s": time.perf_counter() - t0,
+            "measure_s": time.perf_counter() - t0, "machine": machine_load(cpu0, cpu1),
             "gc": [a - b for a, b in zip(gc_after, gc_before, strict=True)],
             "store_statistics": info["store"].statistics(),
             "near_cache_statistics": info["cached"].statistics()["near_cache"]}
@@ -453,6 +490,8 @@ def summarize(res: dict[str, Any], info: dict[str, Any], args: argparse.Namespac
         "one_entity_p50_us": q("one_entity", "p50"), "one_entity_p99_us": q("one_entity", "p99"),
         "one_entity_over_ping_p99_us": r3(st["one_entity"]["p99"] - st["redis_ping"]["p99"]),
         "candidates200_p50_us": q("tailguard_200", "p50"), "candidates200_p99_us": q("tailguard_200", "p99"),
+        "candidates200_p999_us": q("tailguard_200", "p999"),
+        "raw200_p50_us": q("redis_raw_200", "p50"), "raw200_p99_us": q("redis_raw_200", "p99"),
         "nearcache_hit_p50_us": q("nearcache_hit", "p50"), "nearcache_hit_p99_us": q("nearcache_hit", "p99"),
         "spin_p99_us": q("spin", "p99"),
         "feast_100_p99_us": q("feast_100", "p99"), "tailguard_100_p99_us": q("tailguard_100", "p99"),
@@ -477,6 +516,7 @@ def summarize(res: dict[str, Any], info: dict[str, Any], args: argparse.Namespac
     out["invalidation_default"] = "pubsub" if faster else "tracking"
     out["ingest"] = {k: (r3(v) if isinstance(v, float) else v) for k, v in res["ingest"].items()}
     out["odd_calls"] = res["odd"]
+    out["machine_while_measuring"] = res["machine"]
     out["value_mismatches"] = info["value_mismatches"]
     out["gc_collections_during_measurement"] = res["gc"]
     out["store_statistics"] = res["store_statistics"]
@@ -513,6 +553,10 @@ def report(res: dict[str, Any], out: dict[str, Any], stream: Any) -> None:
         p(f"{name:<20}{s['n']:>8}{s['p50']:>10.1f}{s['p99']:>10.1f}{s['p999']:>10.1f}{s['max']:>10.0f}")
     p(f"spin = a pure-Python busy wait as long as the near-cache hit's p50 ({st_spin:.2f} us): the machine's "
       f"own p99 for a call that long is {out['spin_p99_us']} us")
+    m = out["machine_while_measuring"]
+    p(f"machine while measuring: {m.get('busy_pct', '?')} % of {m['cpus']} cpus busy (all processes), "
+      f"steal {m.get('steal_pct', '?')} %, load average {m['loadavg_1m']}; redis_raw_200 = the 200-key batch "
+      f"on a raw socket, reply unparsed: p99 {out['raw200_p99_us']} us")
     ratios = ", ".join(f"{n}: {out[f'feast_over_tailguard_{n}']} ({out[f'feast_over_tailguard_{n}_p50']})"
                        for n in FEAST_SIZES)
     p(f"Feast / tailguard, p99 (p50): {ratios}, one entity: {out['feast_over_tailguard_one_entity']}")

@@ -65,6 +65,7 @@ import tailguard  # noqa: E402
 
 SIDE_INTERVAL_NS = 10_000_000  # the server's side-path timer (ServeConfig.side_path_interval_s)
 SIDE_BUDGET_S = 50e-6  # and its budget per tick (ServeConfig.side_path_budget_s)
+SLICE_MIN_BACKLOG = 32  # a slice after a reply once this many decisions wait (ServeConfig.side_slice_backlog)
 TICKS_PER_BLOCK = 16  # applied between blocks, as a live feed would (keeps features fresh)
 TARGETS = (
     # (name, limit, "<=" or ">=", description)
@@ -113,12 +114,18 @@ SERIES = ("off", "on", "metrics", "audit", "drift", "dashboard")
 
 
 class Side:
-    """One service's side path on the server's timer: ``run_side_path(50 us)`` every 10 ms (and
-    the server's side-path GC tick), plus a Prometheus rendering every ``scrape_ns`` (0: none).
-    Each tick's duration is kept: a tick delays the request due during it."""
+    """One service's side path as the server runs it: a slice of ``run_side_path(slice_s)``
+    right after each reply (``ServeConfig.side_slice_budget_s``: the loop runs it when it has
+    nothing else to do; 0: no slices), and on the timer ``run_side_path(50 us)`` every 10 ms
+    with the server's side-path GC tick, plus a Prometheus rendering every ``scrape_ns`` (0:
+    none).  Each tick's and slice's duration is kept: a request due during one waits for it."""
 
-    def __init__(self, svc: Any, gc_tick: Any, scrape_ns: int, max_ticks: int) -> None:
+    def __init__(self, svc: Any, gc_tick: Any, scrape_ns: int, max_ticks: int, slice_s: float = 0.0,
+                 max_slices: int = 0) -> None:
         self.svc = svc
+        self.slice_s = slice_s
+        self.slices = 0
+        self.slice_ns = np.zeros(max_slices if slice_s else 0, dtype=np.int64)
         self.gc_tick = gc_tick
         self.due = time.perf_counter_ns() + SIDE_INTERVAL_NS
         self.scrape_ns = scrape_ns
@@ -141,6 +148,17 @@ class Side:
         self.ticks += 1
         self.due = max(self.due + SIDE_INTERVAL_NS, t1)
 
+    def after_reply(self) -> None:
+        """The idle-time slice that may follow a reply: run when the side path's backlog
+        reached ``SLICE_MIN_BACKLOG`` decisions (``Service.side_backlog``), as the server does."""
+        if self.svc.side_backlog() < SLICE_MIN_BACKLOG:
+            return
+        t0 = time.perf_counter_ns()
+        self.items += self.svc.run_side_path(self.slice_s)
+        if self.slices < len(self.slice_ns):
+            self.slice_ns[self.slices] = time.perf_counter_ns() - t0
+        self.slices += 1
+
 
 def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np.ndarray,
               lat: np.ndarray, svc_ns: np.ndarray, pos: int) -> int:
@@ -150,6 +168,7 @@ def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np
     predict = side.svc.engine.predict
     base = pc() + 1_000_000
     odd = 0
+    slices = side.slice_s > 0
     for i, (key, ctx) in enumerate(calls):
         t = base + int(offsets[i])
         while True:
@@ -167,6 +186,8 @@ def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np
         pos += 1
         if d.flags or d.rung_index:
             odd += 1
+        if slices:
+            side.after_reply()
     return odd
 
 
@@ -230,7 +251,9 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     gc = SidePathGC()  # as the server runs the cyclic collector: from the side-path timer
     max_ticks = int((args.rounds + 1) * args.block_s * 1e9 / SIDE_INTERVAL_NS) + 100
     scrape = round(args.scrape_s * 1e9)
-    sides = {name: Side(svc, gc.tick, scrape if name in ("on", "metrics") else 0, max_ticks)
+    slice_s = args.side_slice_us / 1e6
+    sides = {name: Side(svc, gc.tick, scrape if name in ("on", "metrics") else 0, max_ticks, slice_s,
+                        (args.rounds + 1) * block)
              for name, (svc, _) in built.items()}
     n = block * args.rounds
     lat = {k: np.zeros(n, dtype=np.int64) for k in sides}
@@ -240,7 +263,7 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     for s in sides.values():  # a warm-up block each, unrecorded
         run_block(s, calls, offsets, scratch, scratch.copy(), 0)
     for s in sides.values():
-        s.ticks = 0
+        s.ticks = s.slices = 0
     log(f"in process: {args.rounds} rounds of {block}-request blocks at {args.rate:g}/s per series "
         f"({', '.join(names)}), side path every {SIDE_INTERVAL_NS / 1e6:g} ms for {SIDE_BUDGET_S * 1e6:g} us")
     pos = 0
@@ -258,6 +281,9 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
         "latency_us": {k: pcts(v) for k, v in lat.items()},
         "service_us": {k: pcts(v) for k, v in svc_ns.items()},
         "tick_us": {k: pcts(s.tick_ns[: min(s.ticks, len(s.tick_ns))]) for k, s in sides.items()},
+        "slice_us": {k: pcts(s.slice_ns[: min(s.slices, len(s.slice_ns))])
+                     for k, s in sides.items() if s.slices},
+        "side_slice_us": args.side_slice_us,
         "not_primary_or_flagged": odd,
         "side_ticks": {k: s.ticks for k, s in sides.items()}, "scrapes": sides["on"].scrapes,
         "tasks": {name: task_stats(tasks) for name, (_, tasks) in built.items() if tasks},
@@ -416,6 +442,9 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             out[f"{name}_p99_ratio"] = _ratio(lat[name]["p99"], lat["off"]["p99"])
     out["side_tick_us"] = {k: {q: round(v[q], 1) for q in ("p50", "p99", "max")}
                            for k, v in ip["tick_us"].items()}
+    out["side_slice_us"] = {k: {q: round(v[q], 1) for q in ("p50", "p99", "max")}
+                            for k, v in ip.get("slice_us", {}).items()}
+    out["side_slice_budget_us"] = ip.get("side_slice_us", 0)
     out["inproc"] = {k: ip[k] for k in ("rate", "requests_per_series", "not_primary_or_flagged", "side_ticks",
                                         "scrapes", "tasks", "latency_recorder_dropped")}
     out["audit"] = {k: v for k, v in ar.items() if k != "replay_profile"}
@@ -461,6 +490,9 @@ def report(s: dict[str, Any], res: dict[str, Any], stream: Any) -> None:
     if alone:
         p("  each alone: " + ", ".join(f"{n} +{s[f'{n}_service_p50_added_us']} us call p50, "
                                        f"p99 x{s[f'{n}_p99_ratio']}" for n in alone))
+    for name, sl in s["side_slice_us"].items():
+        p(f"  {name}: slices after replies ({s['side_slice_budget_us']:g} us budget) p50 {sl['p50']} us, "
+          f"p99 {sl['p99']} us, max {sl['max']} us")
     p(f"  side ticks {ip['side_ticks']}, scrapes {ip['scrapes']}, "
       f"non-primary/flagged {ip['not_primary_or_flagged']}")
     for name, st in ip["tasks"].items():
@@ -518,6 +550,9 @@ def main() -> None:
     ap.add_argument("--block-s", type=float, default=0.5, help="seconds per in-process block")
     ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 40, quick 8)")
     ap.add_argument("--no-breakdown", action="store_true", help="in process: only off and on, not each alone")
+    ap.add_argument("--side-slice-us", type=float, default=100.0,
+                    help="in process: side-path slice budget after replies, as the server runs it "
+                         "(0: timer only)")
     ap.add_argument("--scrape-s", type=float, default=15.0, help="Prometheus render interval (0: none)")
     ap.add_argument("--records", type=int, default=0, help="audit records to write and replay (default 1M)")
     ap.add_argument("--profile", action="store_true", help="profile replay, print its top functions")

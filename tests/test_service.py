@@ -153,3 +153,13 @@ def test_transform_failing_on_warm_up_fails_the_load_as_feature_error(toy_copy: 
     with pytest.raises(FeatureError, match="warm-up") as info:
         load(toy_copy)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_the_stream_section_applies_to_the_embedded_stream_processor(toy_copy: Path) -> None:
+    spec = toy_copy / "service.toml"
+    spec.write_text(spec.read_text() + '\n[stream]\nevent_id = "id"\non_duplicate = "drop"\n')
+    svc = load_service(toy_copy, freeze_gc=False)
+    event = {"item": "a", "id": "e1", "ts_ns": 1_000_000, "price": 101.0, "size": 1.0}
+    assert svc.stream.process(event) is None
+    assert svc.stream.process({**event, "ts_ns": 2_000_000}) is not None  # the same id again
+    assert svc.stream.statistics()["duplicate"] == 1

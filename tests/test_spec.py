@@ -376,3 +376,82 @@ def test_a_zero_max_batch_size_is_rejected() -> None:
     d = spec_dict()
     d["serving"] = {"max_batch_size": 0}
     assert spec_error(d).path == "$.serving.max_batch_size"
+
+
+# -- consistency classes and [online] ---------------------------------------------------------
+def test_views_are_strict_and_the_store_embedded_by_default() -> None:
+    spec = parse_spec(spec_dict())
+    assert (spec.view("profile").consistency, spec.view("profile").max_staleness) == ("strict", None)
+    assert spec.online.backend == "memory"
+
+
+def test_an_eventual_view_parses_its_staleness_bound() -> None:
+    data = spec_dict()
+    data["feature_views"][0].update(consistency="eventual", max_staleness="500ms")
+    v = parse_spec(data).view("profile")
+    assert (v.consistency, v.max_staleness) == ("eventual", 0.5)
+
+
+@pytest.mark.parametrize("bound", [None, "0s"])
+def test_an_eventual_view_needs_a_positive_staleness_bound(bound: str | None) -> None:
+    data = spec_dict()
+    data["feature_views"][0]["consistency"] = "eventual"
+    if bound is not None:
+        data["feature_views"][0]["max_staleness"] = bound
+    err = spec_error(data)
+    assert err.path == "$.feature_views[0].max_staleness" and "positive max_staleness" in str(err)
+
+
+def test_a_strict_view_takes_no_staleness_bound() -> None:
+    data = spec_dict()
+    data["feature_views"][0]["max_staleness"] = "1s"
+    err = spec_error(data)
+    assert err.path == "$.feature_views[0].max_staleness" and "eventual" in str(err)
+
+
+def test_a_request_view_has_no_consistency_class() -> None:
+    data = spec_dict()
+    data["feature_views"][1].update(consistency="eventual", max_staleness="1s")
+    assert spec_error(data).path == "$.feature_views[1].consistency"
+
+
+def test_an_unknown_consistency_class_names_its_path() -> None:
+    data = spec_dict()
+    data["feature_views"][0]["consistency"] = "sometimes"
+    assert spec_error(data).path == "$.feature_views[0].consistency"
+
+
+def test_the_online_table_parses_with_durations() -> None:
+    data = spec_dict()
+    data["online"] = {"backend": "redis", "url": "redis://10.0.0.5:6380/2", "invalidation": "pubsub",
+                      "timeout": "2ms", "cache_capacity": 5000, "cache_entry_ttl": "30s",
+                      "keyspace": "shared"}
+    o = parse_spec(data).online
+    assert (o.backend, o.url, o.invalidation, o.timeout, o.cache_capacity, o.cache_entry_ttl, o.keyspace) == (
+        "redis", "redis://10.0.0.5:6380/2", "pubsub", 0.002, 5000, 30.0, "shared")
+
+
+@pytest.mark.parametrize(("key", "value", "path"), [
+    ("backend", "cassandra", "$.online.backend"),
+    ("invalidation", "polling", "$.online.invalidation"),
+    ("url", "http://localhost:6379", "$.online.url"),
+    ("timeout", "0s", "$.online.timeout"),
+    ("heartbeat", "0ms", "$.online.heartbeat"),
+    ("cache_capacity", 0, "$.online.cache_capacity"),
+    ("keyspace", "has space", "$.online.keyspace"),
+    ("colour", "blue", "$.online"),  # unknown fields name the object that holds them
+])
+def test_bad_online_values_name_their_path(key: str, value: object, path: str) -> None:
+    data = spec_dict()
+    data["online"] = {"backend": "redis", key: value}
+    assert spec_error(data).path == path
+
+
+def test_a_redis_backed_ladder_must_end_below_the_models() -> None:
+    data = spec_dict()
+    data["ladder"] = data["ladder"][:2]
+    data["online"] = {"backend": "redis"}
+    err = spec_error(data)
+    assert err.path == "$.ladder[1].kind" and "last_good or default" in str(err)
+    data["online"] = {"backend": "memory"}
+    parse_spec(data)  # the embedded store cannot be unreachable: no such rule

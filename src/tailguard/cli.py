@@ -128,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         dashboard_interval_s=args.dashboard_interval,
         record_latency=not args.no_latency_recording,
+        online_url=args.online_url,
     )
     if args.trace_sample is not None and not args.otlp_endpoint:
         raise SpecError("--trace-sample sets how much to trace: it needs --otlp-endpoint")
@@ -261,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="one /dashboard point every this often (default 1; 0: dashboard off)")
     s.add_argument("--no-latency-recording", action="store_true",
                    help="no per-stage latency histograms (/metrics and /dashboard then lack them)")
+    s.add_argument("--online-url", metavar="redis://HOST:PORT/DB",
+                   help="the shared online store's URL, overriding the spec's [online] url")
     s.set_defaults(fn=_serve)
     a = sub.add_parser("audit", help="the tamper-evident decision log: keygen, verify, replay")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -309,6 +312,9 @@ def _parser() -> argparse.ArgumentParser:
     from tailguard.bench.cli import register
 
     register(sub)
+    from tailguard.registry.commands import register_models
+
+    register_models(sub)
     return ap
 
 

@@ -2,9 +2,10 @@
 
 ``Decision`` answers one entity, ``BatchDecision`` many.  Both carry the outputs, the model
 version that produced them (empty for non-model rungs), the ladder rung that answered, flags
-(unknown entity, stale feature, fallback, missed deadline) and per-stage timings in integer
-nanoseconds, in ``STAGES`` order.  Both are ``gc=False`` structs: they hold no reference
-cycles, so creating one per request does not feed the cyclic garbage collector.  They are
+(unknown entity, stale feature, fallback, missed deadline, features unavailable...) and
+per-stage timings in integer nanoseconds, in ``STAGES`` order.  Both are ``gc=False``
+structs: they hold no reference cycles, so creating one per request does not feed the cyclic
+garbage collector.  They are
 not frozen only so the engine can stamp the delivery timing after construction; treat them
 as read-only (side-path hooks share the same object).
 """
@@ -33,6 +34,13 @@ class Flag(enum.IntFlag):
     DEADLINE_MISSED = 8  # the reply was formed after the request's deadline
     MODEL_FAILED = 16  # a model rung raised or produced non-finite outputs
     DEGRADED = 32  # the scheduler started the request below the first rung (predicted late)
+    #: The shared online store could not be read in time and no cached value could stand in
+    #: (a strict view not provably fresh, an eventual one past its staleness bound): the model
+    #: rungs were skipped and a last_good or default rung answered.
+    FEATURES_UNAVAILABLE = 64
+    #: A value of an ``eventual`` view was served from the near-cache without proof that it is
+    #: fresh (the invalidation link was down), within the view's ``max_staleness``.
+    UNCONFIRMED_FEATURE = 128
 
 
 class Decision(msgspec.Struct, gc=False):

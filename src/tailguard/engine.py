@@ -29,8 +29,10 @@ from tailguard.clock import Clock, MonotonicClock
 from tailguard.decision import BatchDecision, Decision, Flag
 from tailguard.errors import BudgetExhausted, UnknownPriority, ValidationError
 from tailguard.features.assembler import FeatureAssembler
+from tailguard.features.keyrows import rows_many, rows_one
+from tailguard.features.remote import RemoteFeatures, feature_counters
 from tailguard.features.store import InMemoryOnlineStore
-from tailguard.resilience.ladder import LastGood, Rung
+from tailguard.resilience.ladder import LastGood, Rung, swapped_ladder
 from tailguard.resilience.probe import Prober
 from tailguard.spec import PriorityClass, RungKind
 
@@ -42,6 +44,7 @@ _FAILED = int(Flag.MODEL_FAILED)
 _UNKNOWN = int(Flag.UNKNOWN_ENTITY)
 _STALE = int(Flag.STALE_FEATURE)
 _DEGRADED = int(Flag.DEGRADED)
+_UNFED = int(Flag.FEATURES_UNAVAILABLE)
 _MODEL, _LAST_GOOD, _DEFAULT = RungKind.MODEL, RungKind.LAST_GOOD, RungKind.DEFAULT
 
 
@@ -76,6 +79,7 @@ class Engine:
         max_batch: int = 1024,
         isolation_slack_s: float = 300e-6,
         background_probes: bool = False,
+        remote: RemoteFeatures | None = None,
     ) -> None:
         self.clock = clock or MonotonicClock()
         self._now = self.clock.now_ns
@@ -93,6 +97,12 @@ class Engine:
         self._single = assembler.entities[0] if len(assembler.entities) == 1 else None
         # Fast path for the common single-entity lookup (the index object is stable).
         self._single_index = store.entity_index(self._single) if self._single is not None else None
+        # A shared online store (features.remote) reads by key; ``store`` then only maps keys to rows.
+        self.remote = remote
+        if remote is not None:
+            self._single_index = None  # every key must get a row (the fast path gives unknown keys 0)
+        # Where a request the store cannot feed starts: the first rung with no model rung below it.
+        self._unfed_start = max((r.index + 1 for r in self.rungs if r.kind is _MODEL), default=0)
         self._wide = np.zeros((max(max_batch, 1), assembler.width), dtype=np.float32)
         self._wide1 = self._wide[:1]
         self._wide_row = self._wide[0]
@@ -169,54 +179,6 @@ class Engine:
                 budget_ns = requested
         return name, budget_ns
 
-    def _rows_one(self, keys: Any) -> tuple[int, ...]:
-        store = self.store
-        if not self._entities:
-            return (0,)  # request-only service: no stored features, no last good answer
-        if self._single is not None and not isinstance(keys, Mapping):
-            return (store.row(self._single, keys),)
-        if not isinstance(keys, Mapping):
-            raise ValidationError(
-                f"this service needs one key per entity {list(self._entities)}", field="keys"
-            )
-        try:
-            return tuple(store.row(e, keys[e]) for e in self._entities)
-        except KeyError as exc:
-            raise ValidationError(f"missing key for entity {exc.args[0]!r}", field="keys") from None
-
-    def _rows_many(self, keys: Any) -> tuple[np.ndarray, int]:
-        store = self.store
-        if not self._entities:
-            if not isinstance(keys, Sequence | np.ndarray) or isinstance(keys, str | bytes):
-                raise ValidationError("keys must be a sequence (one per row)", field="keys")
-            return np.zeros((len(keys), 1), dtype=np.int64), len(keys)
-        if self._single is not None and not isinstance(keys, Mapping):
-            if isinstance(keys, str | bytes) or not isinstance(keys, Sequence | np.ndarray):
-                raise ValidationError("keys must be a sequence of entity keys", field="keys")
-            r = store.rows(self._single, keys if isinstance(keys, Sequence) else keys.tolist())
-            return r.reshape(-1, 1), len(r)
-        if not isinstance(keys, Mapping):
-            raise ValidationError(f"keys must map each entity {list(self._entities)}", field="keys")
-        n = None
-        for e in self._entities:
-            k = keys.get(e)
-            if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
-                if n is not None and len(k) != n:
-                    raise ValidationError("key sequences differ in length", field=f"keys.{e}")
-                n = len(k)
-        if n is None:
-            n = 1
-        cols = []
-        for e in self._entities:
-            if e not in keys:
-                raise ValidationError(f"missing key for entity {e!r}", field=f"keys.{e}")
-            k = keys[e]
-            if isinstance(k, Sequence | np.ndarray) and not isinstance(k, str | bytes):
-                cols.append(store.rows(e, k if isinstance(k, Sequence) else k.tolist()))
-            else:
-                cols.append(np.full(n, store.row(e, k), dtype=np.int64))  # broadcast
-        return np.stack(cols, axis=1), n
-
     # -- one entity ------------------------------------------------------------------------
     def predict(
         self,
@@ -248,9 +210,12 @@ class Engine:
             if index is not None and type(keys) is index.key_type:
                 rows: tuple[int, ...] = (index.rows.get(keys, 0),)
             else:
-                rows = self._rows_one(keys)
+                rows = rows_one(self.store, self._entities, self._single, keys)
             t1 = now()
-            flags = self.assembler.fill_one(rows, context, self._wide_row, t1)
+            if self.remote is None:
+                flags = self.assembler.fill_one(rows, context, self._wide_row, t1)
+            else:
+                flags = self.remote.fill_one(keys, context, self._wide_row, t1)
         except ValidationError:
             self.invalid += 1
             raise
@@ -262,6 +227,8 @@ class Engine:
         if start_rung:
             rungs = self._rungs_from[start_rung]
             flags |= _DEGRADED
+        if flags & _UNFED:  # the online store could not feed the models: the rungs below answer
+            rungs = self._rungs_from[max(start_rung, self._unfed_start)]
         rung = rungs[0]
         for rung in rungs:
             kind = rung.kind
@@ -327,7 +294,7 @@ class Engine:
         t0 = now()
         try:
             pname, budget_ns = self._budget(priority, budget_s)
-            rows, n = self._rows_many(keys)
+            rows, n = rows_many(self.store, self._entities, self._single, keys)
             if n == 0:
                 raise ValidationError("empty batch", field="keys")
             if n > self._wide.shape[0]:
@@ -335,7 +302,10 @@ class Engine:
                 self._wide1 = self._wide[:1]
                 self._wide_row = self._wide[0]
             t1 = now()
-            flags = self.assembler.fill_many(rows, context, self._wide, t1)
+            if self.remote is None:
+                flags = self.assembler.fill_many(rows, context, self._wide, t1)
+            else:
+                flags = self.remote.fill_many(keys, n, context, self._wide, t1)
         except ValidationError:
             self.invalid += 1
             raise
@@ -346,6 +316,9 @@ class Engine:
         first = self.rungs[start_rung]
         if start_rung:
             flags |= _DEGRADED
+        if self.remote is not None and self.remote.down:  # as in predict
+            start_rung = max(start_rung, self._unfed_start)
+            first = self.rungs[start_rung]
         if first.kind is _MODEL:
             y = self._run_model(first, wide, n, deadline)
         else:
@@ -526,6 +499,21 @@ class Engine:
 
         calibrate(self, batch_sizes, repeats, observe, singles_below)
 
+    def replace_model(self, rung_name: str, model: Any) -> Any:
+        """Point model rung ``rung_name`` at ``model`` (a loaded, verified, warmed-up
+        ``LoadedModel``); returns the one it replaces.  Owner thread, between decisions
+        (``tailguard.registry.swap`` hands the call over): the new ladder is built aside by
+        ``resilience.ladder.swapped_ladder`` (``ModelError``, nothing changed, when the model
+        does not fit) and published by rebinding ``rungs`` and ``_rungs_from``, so a decision
+        walks the old ladder or the new one.  Counters stay; a probe queued for the old model
+        is dropped; skips use the new model's own estimate, seeded by its warm-up."""
+        rungs, index, old = swapped_ladder(self.rungs, rung_name, model, self.assembler.columns,
+                                           self.output_names)
+        self._prober.replace_rungs(rungs, index)
+        self._rungs_from = tuple(rungs[i:] for i in range(len(rungs)))
+        self.rungs = rungs
+        return old
+
     def reset_statistics(self) -> None:
         """Zero every counter (not the models' service-time estimates)."""
         n = len(self.rungs)
@@ -535,6 +523,8 @@ class Engine:
         self.timeouts = [0] * n
         self.requests = self.rows = self.invalid = 0
         self.unknown_entities = self.stale = self.deadline_missed = 0
+        if self.remote is not None:
+            self.remote.reset_statistics()
 
     # -- side path ---------------------------------------------------------------------------
     def run_side_path(self, budget_ns: int | None = None) -> int:
@@ -552,7 +542,8 @@ class Engine:
 
     def statistics(self) -> dict[str, Any]:
         """Counters: requests, batch_rows, invalid, unknown_entities, stale, deadline_missed,
-        and per rung answered / skipped_budget / failed / timed_out with the expected time."""
+        features_unavailable and features_unconfirmed (rows; 0 without a remote store), and per
+        rung answered / skipped_budget / failed / timed_out with the expected time."""
         return {
             "requests": self.requests,
             "batch_rows": self.rows,
@@ -560,6 +551,7 @@ class Engine:
             "unknown_entities": self.unknown_entities,
             "stale": self.stale,
             "deadline_missed": self.deadline_missed,
+            **feature_counters(self.remote),
             "rungs": {
                 r.name: {
                     "answered": self.answered[r.index],

@@ -1,7 +1,9 @@
 """Load a service directory into a ready engine: the app-level wiring of the core.
 
 ``load_service(dir)`` reads ``service.toml``, compiles the feature views (transforms
-imported, versions hashed), creates the embedded online store and stream processor, loads
+imported, versions hashed), creates the online store (embedded, or with ``[online] backend =
+"redis"`` the shared Redis store behind a near-cache, see ``features.remote``) and the stream
+processor writing to it, loads
 and verifies every model (refusing mismatched feature versions), compiles the ladder, builds
 the engine with its side-path hooks (the latency recorder by default), and finally moves
 everything allocated so far out of the garbage collector's sight (``gc.freeze``), so that
@@ -23,11 +25,14 @@ from tailguard.clock import Clock, MonotonicClock
 from tailguard.engine import DecisionHook, Engine
 from tailguard.errors import SpecError
 from tailguard.features.assembler import FeatureAssembler
+from tailguard.features.online.protocol import OnlineStore
+from tailguard.features.remote import KeyIndex, RemoteFeatures, view_policies
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
 from tailguard.features.view import FeatureView, compile_views
 from tailguard.models.repository import LoadedModel, load_model
 from tailguard.observe.latency import LatencyRecorder
+from tailguard.observe.tap import DecisionTap
 from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.resilience.ladder import compile_ladder
 from tailguard.spec import RungKind, ServiceSpec, load_spec
@@ -55,7 +60,10 @@ class SideTask(Protocol):
 
 @dataclass(eq=False)
 class Service:
-    """A loaded service: spec, views, store, stream processor, models and engine."""
+    """A loaded service: spec, views, store, stream processor, models and engine.
+
+    With a shared online store, ``online`` is it (a ``NearCachedStore``: reads, writes,
+    ``statistics()``) and ``store`` the engine's key index, whose writes go to ``online``."""
 
     spec: ServiceSpec
     directory: Path
@@ -66,18 +74,42 @@ class Service:
     engine: Engine
     latency: LatencyRecorder | None
     side_tasks: list[SideTask] = field(default_factory=list)
+    online: OnlineStore | None = None
+    _tap: DecisionTap | None = field(default=None, init=False, repr=False)
 
     def attach(self, task: SideTask) -> None:
         """Run ``task`` on this service's side path; when it also has ``on_decision`` and
         ``on_batch`` it is installed as an engine hook (it then sees every decision)."""
-        if isinstance(task, DecisionHook):
+        bind = getattr(task, "bind_tap", None)
+        if bind is not None:  # reads the one shared copy of each decision instead of a hook
+            bind(self.decision_tap())
+        elif isinstance(task, DecisionHook):
             self.engine.set_hooks([*self.engine.hooks, task])
         self.side_tasks.append(task)
 
+    @property
+    def tap(self) -> DecisionTap | None:
+        """The shared ``DecisionTap`` if a side task made one (``decision_tap()`` makes it)."""
+        return self._tap
+
+    def decision_tap(self) -> DecisionTap:
+        """The service's shared ``DecisionTap`` (``tailguard.observe.tap``): one copy of each
+        decision's rows on the reply path for every side task that reads them.  Made and
+        installed as an engine hook on first use."""
+        tap = self._tap
+        if tap is None:
+            tap = DecisionTap(self.engine, 1 << 16)
+            self._tap = tap
+            self.engine.set_hooks([*self.engine.hooks, tap])
+        return tap
+
     def close(self) -> None:
-        """Close every attached side task (writes what they still hold), newest first."""
+        """Close every attached side task (writes what they still hold), newest first, then
+        the shared online store's connections and invalidation listener (if any)."""
         while self.side_tasks:
             self.side_tasks.pop().close()
+        if self.online is not None:
+            self.online.close()
 
     @property
     def feature_versions(self) -> dict[str, str]:
@@ -106,6 +138,22 @@ class Service:
             n += task.drain(max(end - time.perf_counter_ns(), 5_000))
         return n
 
+    def side_backlog(self) -> int:
+        """Decisions waiting for the side path: the most any reader of the shared tap has not
+        taken yet, or the latency recorder's queue once it holds a whole chunk (it folds only
+        whole chunks in a budgeted drain).  Cheap (a few integer reads):
+        an owner checks it after each reply to run a side-path slice only once enough work
+        has gathered for the slice's fixed costs to be spread thin."""
+        tap = self._tap
+        n = 0
+        if self.latency is not None:
+            n = self.latency.pending()
+            if n < self.latency.chunk:
+                n = 0
+        if tap is not None:
+            n = max(n, tap.backlog())
+        return n
+
     def latency_snapshot(self) -> dict[str, Any]:
         """p50/p99/p99.9/p99.99 per stage (drains pending timings first)."""
         if self.latency is None:
@@ -121,53 +169,92 @@ def load_service(
     record_latency: bool = True,
     freeze_gc: bool = True,
     store_capacity: int = 1024,
+    online_url: str | None = None,
 ) -> Service:
-    """Load and verify a service directory; see the module docstring."""
+    """Load and verify a service directory; see the module docstring.  ``online_url``
+    overrides ``[online] url`` (and only matters with ``backend = "redis"``)."""
     root = Path(directory).resolve()
     spec = load_spec(root)
     clock = clock or MonotonicClock()
     views = compile_views(spec.feature_views, str(root))
     live = {n: v.version for n, v in views.items()}
-    store = InMemoryOnlineStore(views, spec.entities, clock=clock, capacity=store_capacity)
-    stream = StreamProcessor(views, store)
-    models = {m.name: load_model(m, root, live, clock=clock) for m in spec.models}
-    for ms in spec.models:
-        if ms.isolation == "thread":
-            loaded = models[ms.name]
-            # The worker thread must release the GIL while it computes, or the waiting
-            # owner could not time out: isolate a GIL-releasing clone when there is one.
-            clone = getattr(loaded.runtime, "clone", None)
-            inner = clone() if clone is not None else loaded.runtime
-            loaded.runtime = IsolatedRuntime(inner, clock, loaded.label)
-    # The wide vector holds every view a ladder model reads, in spec order.
-    used: set[str] = set()
-    for r in spec.ladder:
-        if r.kind is RungKind.MODEL:
-            assert r.model is not None
-            used.update(c.split(".", 1)[0] for c in models[r.model].manifest.inputs)
-    unknown = used - set(views)
-    if unknown:
-        raise SpecError(f"models read views the service does not declare: {sorted(unknown)}")
-    assembler = FeatureAssembler(views, [v.name for v in spec.feature_views if v.name in used], store)
-    rungs, outputs = compile_ladder(spec.ladder, models, assembler.columns)
-    latency = LatencyRecorder() if record_latency else None
-    all_hooks: list[DecisionHook] = [*([latency] if latency is not None else []), *hooks]
-    engine = Engine(
-        store=store,
-        assembler=assembler,
-        rungs=rungs,
-        output_names=outputs,
-        priorities=spec.priorities,
-        default_priority=spec.default_priority,
-        clock=clock,
-        hooks=all_hooks,
-    )
-    engine.warm_up()
-    svc = Service(spec, root, views, store, stream, models, engine, latency)
-    if freeze_gc:
-        gc.collect()
-        gc.freeze()
-    return svc
+    online: OnlineStore | None = None
+    if spec.online.backend == "redis":
+        online = _open_online(spec, views, clock, online_url)
+        store: InMemoryOnlineStore = KeyIndex(views, spec.entities, online, clock=clock,
+                                              max_keys=spec.online.max_keys)
+        stream = StreamProcessor(views, online, spec.stream, entities=spec.entities, clock=clock)
+    else:
+        store = InMemoryOnlineStore(views, spec.entities, clock=clock, capacity=store_capacity)
+        stream = StreamProcessor(views, store, spec.stream, entities=spec.entities, clock=clock)
+    try:
+        models = {m.name: load_model(m, root, live, clock=clock) for m in spec.models}
+        for ms in spec.models:
+            if ms.isolation == "thread":
+                loaded = models[ms.name]
+                # The worker thread must release the GIL while it computes, or the waiting
+                # owner could not time out: isolate a GIL-releasing clone when there is one.
+                clone = getattr(loaded.runtime, "clone", None)
+                inner = clone() if clone is not None else loaded.runtime
+                loaded.runtime = IsolatedRuntime(inner, clock, loaded.label)
+        # The wide vector holds every view a ladder model reads, in spec order.
+        used: set[str] = set()
+        for r in spec.ladder:
+            if r.kind is RungKind.MODEL:
+                assert r.model is not None
+                used.update(c.split(".", 1)[0] for c in models[r.model].manifest.inputs)
+        unknown = used - set(views)
+        if unknown:
+            raise SpecError(f"models read views the service does not declare: {sorted(unknown)}")
+        assembler = FeatureAssembler(views, [v.name for v in spec.feature_views if v.name in used], store)
+        remote = None
+        if online is not None and assembler.entities:
+            remote = RemoteFeatures(online, assembler, views, view_policies(views))
+        rungs, outputs = compile_ladder(spec.ladder, models, assembler.columns)
+        latency = LatencyRecorder() if record_latency else None
+        all_hooks: list[DecisionHook] = [*([latency] if latency is not None else []), *hooks]
+        engine = Engine(
+            store=store,
+            assembler=assembler,
+            rungs=rungs,
+            output_names=outputs,
+            priorities=spec.priorities,
+            default_priority=spec.default_priority,
+            clock=clock,
+            hooks=all_hooks,
+            remote=remote,
+        )
+        engine.warm_up()
+        svc = Service(spec, root, views, store, stream, models, engine, latency, online=online)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+        return svc
+    except BaseException:
+        if online is not None:
+            online.close()  # its listener thread and connections
+        raise
+
+
+def _open_online(
+    spec: ServiceSpec, views: dict[str, FeatureView], clock: Clock, url: str | None
+) -> OnlineStore:
+    """The Redis store behind a near-cache, its invalidation listener started (the ``redis`` extra)."""
+    try:
+        from tailguard.features.online.cached import NearCachedStore
+        from tailguard.features.online.invalidation import InvalidationMode
+        from tailguard.features.online.redis import RedisOnlineStore
+    except ImportError as exc:
+        raise SpecError("[online] backend = 'redis' needs the redis extra (pip install tailguard[redis]): "
+                        f"{exc}", path="$.online.backend") from exc
+    o = spec.online
+    try:
+        inner = RedisOnlineStore(views, spec.entities, service=o.keyspace or spec.name, url=url or o.url,
+                                 timeout_s=o.timeout, connect_timeout_s=o.connect_timeout, clock=clock)
+    except ValueError as exc:  # redis-py's verdict on a malformed url
+        raise SpecError(f"bad online store url {url or o.url!r}: {exc}", path="$.online.url") from exc
+    return NearCachedStore(inner, capacity=o.cache_capacity, mode=InvalidationMode(o.invalidation),
+                           clock=clock, heartbeat_s=o.heartbeat, entry_ttl_s=o.cache_entry_ttl)
 
 
 def tune_gc(gen0_threshold: int = 50_000) -> None:

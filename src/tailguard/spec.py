@@ -37,6 +37,7 @@ __all__ = [
     "LatePolicy",
     "ModelSpec",
     "OnTimeout",
+    "OnlineSpec",
     "PriorityClass",
     "RateLimitSpec",
     "RungKind",
@@ -174,6 +175,11 @@ class FeatureViewSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     allowed_lateness: Duration | None = None
     #: Stream views: out-of-order events within the allowed lateness are dropped or applied.
     late: LatePolicy = LatePolicy.DROP
+    #: Stored views read through a near-cache (``[online] backend = "redis"``): ``strict`` never
+    #: serves a value the process cannot prove fresh; ``eventual`` may serve a cached value up to
+    #: ``max_staleness`` old when freshness cannot be proven (docs/features-online.md).
+    consistency: Literal["strict", "eventual"] = "strict"
+    max_staleness: Duration | None = None
 
 
 class ModelSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -327,6 +333,31 @@ class StreamSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     on_late: EventAction = EventAction.DROP
 
 
+class OnlineSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[online]``: where stored feature views live and how a replica reads them
+    (docs/features-online.md).  ``memory``: the embedded store; ``redis``: a shared Redis
+    behind a per-process near-cache kept coherent by invalidation pushes."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    #: ``redis://host:port/db``, ``rediss://...`` or ``unix:///path``.
+    url: str = "redis://127.0.0.1:6379/0"
+    #: Key prefix shared by the services that read the same values (None: the service name).
+    keyspace: Name | None = None
+    #: How writes reach the near-cache: Redis client tracking, or pub/sub from the writers.
+    invalidation: Literal["tracking", "pubsub"] = "tracking"
+    #: Longest a read waits for Redis before the request falls down the ladder.
+    timeout: Duration = Duration(0.05)
+    connect_timeout: Duration = Duration(0.1)
+    #: Entities the near-cache holds (CLOCK eviction beyond it).
+    cache_capacity: Annotated[int, msgspec.Meta(ge=1, le=1 << 26)] = 100_000
+    #: A cached entry is refetched after this even while pushes prove it fresh (the safety net).
+    cache_entry_ttl: Duration = Duration(60.0)
+    #: The invalidation link pings when idle this long and is declared lost after twice it.
+    heartbeat: Duration = Duration(0.5)
+    #: Entity keys a replica remembers for its ladder's last-good answers (later keys get none).
+    max_keys: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1_000_000
+
+
 class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A whole service: entities, feature views, models, priorities, budgets and the ladder."""
 
@@ -346,6 +377,7 @@ class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     serving: ServingSpec = ServingSpec()
     stream: StreamSpec = StreamSpec()
     drift: DriftSpec = DriftSpec()
+    online: OnlineSpec = OnlineSpec()
 
     def view(self, name: str) -> FeatureViewSpec:
         """The feature view named ``name`` (KeyError if none)."""
@@ -431,6 +463,7 @@ def _check_references(spec: ServiceSpec, source: str) -> None:
             raise _fail("a transform is written 'module:attribute'", f"{at}.transform", source)
         if v.late is LatePolicy.APPLY and v.allowed_lateness is None:
             raise _fail("late = 'apply' needs an allowed_lateness (the watermark)", f"{at}.late", source)
+        _check_consistency(v, at, source)
     for i, m in enumerate(spec.models):
         if m.version_policy == "pinned" and not m.version:
             raise _fail("version_policy 'pinned' needs a version", f"$.models[{i}].version", source)
@@ -457,6 +490,34 @@ def _check_references(spec: ServiceSpec, source: str) -> None:
     if spec.ladder[0].kind is not RungKind.MODEL:
         raise _fail("the first rung must be a model", "$.ladder[0].kind", source)
     _check_drift(spec.drift, source)
+    _check_online(spec, source)
+
+
+def _check_consistency(v: FeatureViewSpec, at: str, source: str) -> None:
+    if v.consistency == "eventual":
+        if v.source is ViewSource.REQUEST:
+            raise _fail("a request view is computed per request: it has no consistency class",
+                        f"{at}.consistency", source)
+        if v.max_staleness is None or v.max_staleness <= 0:
+            raise _fail("an eventual view needs a positive max_staleness (e.g. '500ms'): how old a "
+                        "cached value it may serve when its freshness cannot be proven",
+                        f"{at}.max_staleness", source)
+    elif v.max_staleness is not None:
+        raise _fail("max_staleness applies to consistency = 'eventual' views only (a strict view never "
+                    "serves a value it cannot prove fresh)", f"{at}.max_staleness", source)
+
+
+def _check_online(spec: ServiceSpec, source: str) -> None:
+    o = spec.online
+    if not o.url.startswith(("redis://", "rediss://", "unix://")):
+        raise _fail(f"bad online store url {o.url!r}: use redis://host:port/db, rediss://... or unix:///path",
+                    "$.online.url", source)
+    for key in ("timeout", "connect_timeout", "cache_entry_ttl", "heartbeat"):
+        if getattr(o, key) <= 0:
+            raise _fail(f"{key} must be positive", f"$.online.{key}", source)
+    if o.backend == "redis" and spec.ladder and spec.ladder[-1].kind is RungKind.MODEL:
+        raise _fail("with backend = 'redis' the ladder must end with a last_good or default rung: it answers "
+                    "when the store cannot feed the models", f"$.ladder[{len(spec.ladder) - 1}].kind", source)
 
 
 _SUBJECT = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")  # NATS: dot-separated tokens, no wildcards

@@ -1,7 +1,8 @@
 """The NATS JetStream ingest worker against a real nats-server: the rows it writes equal those
-of applying the same events in process, bit for bit; a NATS outage mid-batch and a restarted
-or SIGKILLed worker lose nothing and count nothing twice; poison events go to the dead-letter
-subject with their reason and ingest goes on; repeated event ids are counted, applied once."""
+of applying the same events in process, bit for bit, whether a message holds one event or a
+batch; a NATS outage mid-batch and a restarted or SIGKILLed worker lose nothing and count
+nothing twice; poison events (alone or inside a batch) go to the dead-letter subject with
+their reason and ingest goes on; repeated event ids are counted, applied once."""
 
 from __future__ import annotations
 
@@ -150,6 +151,13 @@ def worker(views: Mapping[str, FeatureView], store: InMemoryOnlineStore, url: st
 ENC = msgspec.msgpack.Encoder()
 
 
+def bodies(events: Sequence[Mapping[str, Any]], per_message: int = 1) -> list[bytes]:
+    """One map per message, or arrays of ``per_message`` events (the batch body)."""
+    if per_message == 1:
+        return [ENC.encode(e) for e in events]
+    return [ENC.encode(events[i:i + per_message]) for i in range(0, len(events), per_message)]
+
+
 # -- behaviour -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("body", [BodyFormat.MSGPACK, BodyFormat.JSON])
 def test_rows_equal_applying_the_same_events_in_process(
@@ -177,30 +185,39 @@ class GatedStore(InMemoryOnlineStore):
         self.at = 0
         self.reached, self.release = threading.Event(), threading.Event()
 
-    def write(self, view: str, key: Any, values: Any, event_ns: int | None = None) -> None:
+    def _gate(self) -> None:
         p = self.processor
         if p is not None and p.last_seq >= self.at and not self.reached.is_set():
             self.reached.set()
             assert self.release.wait(30)
+
+    def write(self, view: str, key: Any, values: Any, event_ns: int | None = None) -> None:
+        self._gate()
         super().write(view, key, values, event_ns)
 
+    def write_many(self, view: str, keys: Sequence[Any], values: Any, event_ns: Any = None) -> None:
+        self._gate()
+        super().write_many(view, keys, values, event_ns)
 
+
+@pytest.mark.parametrize("per_message", [1, 10])
 def test_nats_down_mid_batch_then_back_loses_and_double_counts_nothing(
-        natsd: NatsServer, tmp_path: Path) -> None:
+        natsd: NatsServer, tmp_path: Path, per_message: int) -> None:
     views = counting(tmp_path)
     first = [{"user": f"u{i % 7}", "id": i, "ts_ns": 1000 + i, "x": float(i % 5)} for i in range(2000)]
     second = [{"user": f"u{i % 7}", "id": i, "ts_ns": 1000 + i, "x": float(i % 5)} for i in range(2000, 3000)]
-    publish(natsd.url, [ENC.encode(e) for e in first])
+    publish(natsd.url, bodies(first, per_message))
     store = GatedStore(views, USERS)
-    w = worker(views, store, natsd.url, USERS, COUNT_STREAM, batch=50, checkpoint=tmp_path / "ckpt")
-    store.processor, store.at = w.processor, 700
+    w = worker(views, store, natsd.url, USERS, COUNT_STREAM, batch=50 // per_message,
+               checkpoint=tmp_path / "ckpt")
+    store.processor, store.at = w.processor, 700 // per_message
     w.start()
     assert store.reached.wait(30)
     natsd.kill()  # the batch being flushed is delivered, applied, not yet acknowledged
     store.release.set()
     eventually(lambda: w.failures >= 1 and not w.connected)
     natsd.start()
-    last = publish(natsd.url, [ENC.encode(e) for e in second])
+    last = publish(natsd.url, bodies(second, per_message))
     assert w.wait_applied(last, 60, committed=True), w.statistics()
     w.close()
     stats = w.statistics()
@@ -238,22 +255,24 @@ def cli(url: str, *extra: str) -> list[str]:
             "--stream", STREAM, "--subject", SUBJECT, *extra]
 
 
+@pytest.mark.parametrize("per_message", [1, 4])
 def test_a_worker_killed_mid_stream_resumes_without_loss_or_double_count(
-        natsd: NatsServer, tmp_path: Path) -> None:
+        natsd: NatsServer, tmp_path: Path, per_message: int) -> None:
     spec, views = trading()
     events = ticks(20.0)
-    last = publish(natsd.url, [ENC.encode(e) for e in events])
+    last = publish(natsd.url, bodies(events, per_message))
     ckpt = tmp_path / "ingest.ckpt"
+    at = 300 // per_message
     # One message per batch, a checkpoint each: slow enough to be killed in the middle.
     proc = subprocess.Popen(cli(natsd.url, "--checkpoint", str(ckpt), "--checkpoint-interval-s", "0",
                                 "--batch", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        eventually(lambda: (h := read_header(ckpt)) is not None and h.last_seq >= 300, 60)
+        eventually(lambda: (h := read_header(ckpt)) is not None and h.last_seq >= at, 60)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     header = read_header(ckpt)
-    assert header is not None and 300 <= header.last_seq < last
+    assert header is not None and at <= header.last_seq < last
     store = InMemoryOnlineStore(views, spec.entities)
     b = worker(views, store, natsd.url, spec.entities, spec.stream, checkpoint=ckpt)
     asyncio.run(b.run(until_idle=True))
@@ -302,6 +321,45 @@ def test_poison_events_go_to_the_dead_letter_subject_and_ingest_goes_on(
     assert stats["dead_letters"] == {"decode": 2, "wrong_type": 1, "missing_field": 2, "not_finite": 1}
     assert stats["events"]["decode"] == 2 and stats["events"]["missing_field"] == 2
     assert stats["events"]["applied"] == 4
+
+
+def test_batch_bodies_give_the_rows_of_applying_the_same_events_in_process(
+        natsd: NatsServer, tmp_path: Path) -> None:
+    spec, views = trading()
+    events = ticks(20.0)
+    third = len(events) // 3
+    # Plain maps, then batches of 64, then a ragged tail: one stream, both body forms.
+    publish(natsd.url, bodies(events[:third]))
+    last = publish(natsd.url, bodies(events[third:], 64))
+    store = InMemoryOnlineStore(views, spec.entities)
+    w = worker(views, store, natsd.url, spec.entities, spec.stream, batch=16, checkpoint=tmp_path / "ckpt")
+    asyncio.run(w.run(until_idle=True))
+    assert w.processor.last_seq == last and w.messages == last
+    want, _ = reference(views, spec.entities, spec.stream, events)
+    assert_same_rows(store, want, "ticks", "instrument")
+    assert w.statistics()["events"]["applied"] == len(events)
+
+
+def test_a_poison_event_in_a_batch_is_dead_lettered_alone_and_the_rest_applied(
+        natsd: NatsServer, tmp_path: Path) -> None:
+    views = counting(tmp_path)
+    bad = {"user": "a", "id": 3, "ts_ns": 13, "x": "abc"}
+    batch = [{"user": "a", "id": 1, "ts_ns": 11, "x": 1.0}, {"user": "a", "id": 2, "ts_ns": 12, "x": 1.0},
+             bad, {"user": "a", "id": 4, "ts_ns": 14, "x": 1.0}]
+    not_maps = ENC.encode([{"user": "a", "id": 5, "ts_ns": 15, "x": 1.0}, 7])  # undecodable as a whole
+    last = publish(natsd.url, [ENC.encode(batch), not_maps, ENC.encode([{"user": "a", "id": 6, "ts_ns": 16,
+                                                                         "x": 1.0}])])
+    store = InMemoryOnlineStore(views, USERS)
+    w = worker(views, store, natsd.url, USERS, COUNT_STREAM, dead_letter_subject=DEAD)
+    asyncio.run(w.run(until_idle=True))
+    assert w.processor.last_seq == last
+    assert list(store.read("counts", "a")) == [4.0, 4.0]  # the batch's three good events and the last
+    got = sorted(asyncio.run(dead_letters(natsd.url)), key=lambda hb: hb[0]["Tailguard-Stream-Seq"])
+    assert [(h["Tailguard-Reason"], h["Tailguard-Stream-Seq"], h.get("Tailguard-Index")) for h, _ in got] == [
+        ("wrong_type", "1", "2"), ("decode", "2", None)]
+    assert got[0][1] == ENC.encode(bad) and got[1][1] == not_maps  # the event alone; the body as received
+    assert w.statistics()["events"]["applied"] == 4 and w.statistics()["dead_letters"] == {
+        "wrong_type": 1, "decode": 1}
 
 
 def test_repeated_event_ids_are_counted_and_applied_once(natsd: NatsServer, tmp_path: Path) -> None:

@@ -163,8 +163,9 @@ def test_a_budgeted_drain_samples_in_steps_stamped_at_the_start(service: Service
         if not s.statistics()["sampling"]:
             break
         clock.advance(0.01)  # side-path ticks pass while the sample is in progress
-    # Engine one + batch copies, five stages, two classes, then counters, the point, publishing.
-    assert steps == 2 + 5 + 2 + 3
+    # The engine recorder's fold, its one + batch copies, five stages, two classes, then
+    # counters, the point, publishing.
+    assert steps == 1 + 2 + 5 + 2 + 3
     assert [p["t"] for p in points(s)] == [start]
 
 

@@ -15,6 +15,7 @@ from toyservice import CTX, feed
 
 import tailguard.observe.drift as drift_module
 from tailguard import Service
+from tailguard.audit.log import AuditLog
 from tailguard.observe.alerts import AlertEvent
 from tailguard.observe.drift import DriftMonitor
 from tailguard.observe.reference import DriftError, DriftReferenceError, Reference
@@ -288,7 +289,11 @@ def test_labels_beyond_the_queue_are_dropped_and_counted(live: Service, ref: Ref
 
 # -- bounded intake -------------------------------------------------------------------------------
 def test_a_full_ring_drops_decisions_and_counts_them(live: Service, ref: Reference) -> None:
-    m = monitor(live, ref, window=1000, min_window=10, capacity=64)
+    # Used on its own (an engine hook, not attached): the ring copies on the reply path.
+    m = DriftMonitor(ref, DriftSpec(window=1000, min_window=10, window_interval=None, capacity=64),
+                     engine=live.engine, service="toy")
+    live.engine.set_hooks([*live.engine.hooks, m])
+    live.side_tasks.append(m)
     assert m.capacity == 64
     Traffic(live, seed=9).run(100)  # no side path in between: 36 do not fit
     live.engine.predict_batch(KEYS, CTX)
@@ -298,6 +303,26 @@ def test_a_full_ring_drops_decisions_and_counts_them(live: Service, ref: Referen
     assert m.statistics()["recorded_rows"] == 64 and m.queued_rows == 0
     live.engine.predict_batch(KEYS, CTX)  # room again
     assert m.queued_rows == 20
+
+
+def test_attached_it_reads_the_shared_tap_and_drops_what_its_ring_cannot_hold(
+        live: Service, ref: Reference, tmp_path: Path) -> None:
+    hooks_before = len(live.engine.hooks)
+    m = monitor(live, ref, window=1000, min_window=10, capacity=64)
+    log = AuditLog.for_service(live, tmp_path / "audit", bytes(32))
+    live.attach(log)
+    # One hook for both: the service's tap (the drift monitor and the log only read it).
+    assert len(live.engine.hooks) == hooks_before + 1
+    assert live.engine.hooks[-1] is live.decision_tap()
+    Traffic(live, seed=9).run(100)
+    live.engine.predict_batch(KEYS, CTX)
+    assert m.queued_rows == 120 and log.pending == 101  # still in the tap
+    m.drain(0)  # the pull: 64 rows fit, 36 singles and the batch of 20 do not
+    s = m.statistics()
+    assert (s["dropped_rows"], s["dropped_decisions"]) == (56, 37)
+    live.run_side_path()
+    assert m.statistics()["recorded_rows"] == 64 and m.queued_rows == 0
+    assert log.pending == 0 and log.written == 101  # the log lost nothing to the drift's ring
 
 
 def test_record_queues_rows_without_an_engine(ref: Reference) -> None:
@@ -316,7 +341,7 @@ def test_record_queues_rows_without_an_engine(ref: Reference) -> None:
 def test_run_side_path_drains_the_attached_monitor(live: Service, ref: Reference,
                                                    budget_s: float | None) -> None:
     m = monitor(live, ref, window=100, min_window=10)
-    assert m in live.side_tasks and m in live.engine.hooks
+    assert m in live.side_tasks and live.decision_tap() in live.engine.hooks and m not in live.engine.hooks
     Traffic(live, seed=10).run(250)
     assert m.queued_rows == 250
     done = 0

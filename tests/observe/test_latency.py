@@ -93,6 +93,26 @@ def test_drain_with_no_time_left_moves_nothing() -> None:
     assert (rec.drain(budget_ns=0), rec.pending()) == (0, 1)
 
 
+def test_budgeted_drain_folds_whole_chunks_and_leaves_the_rest() -> None:
+    rec = LatencyRecorder(chunk=4)
+    for _ in range(10):
+        rec.on_decision(decision(1_000))
+    assert (rec.drain(budget_ns=10**12), rec.pending()) == (8, 2)
+    assert (rec.drain(), rec.pending()) == (2, 0)
+    assert rec.snapshot()["predict"]["total"]["count"] == 10.0
+
+
+def test_timings_of_another_length_are_padded_or_cut() -> None:
+    rec = LatencyRecorder(stages=("a", "b", "c"))
+    rec.record((5_000,))
+    rec.record((1_000, 2_000, 3_000, 4_000))
+    rec.record((7_000, 8_000, 9_000))
+    snap = rec.snapshot()["predict"]
+    assert [snap[s]["count"] for s in ("a", "b", "c")] == [3.0, 3.0, 3.0]
+    assert (snap["a"]["max_us"], snap["c"]["max_us"]) == (7.0, 9.0)  # the 4th value was cut
+    assert rec.one.value_at_percentile(1, 1.0) == 1  # the padded zero, clamped to 1 ns
+
+
 def test_reset_forgets_recorded_timings() -> None:
     rec = LatencyRecorder()
     rec.on_decision(decision(1_000))

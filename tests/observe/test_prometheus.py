@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from services import RedisServer, require_binary
 from toyservice import CTX
 
 from tailguard import Service
@@ -145,3 +149,127 @@ def test_an_attached_drift_monitors_scores_are_exported(service: Service) -> Non
     fams = {f.name: f for f in text_string_to_metric_families(render(service).decode())}
     got = {(s.labels["metric"], s.labels["signal"]): s.value for s in fams["tailguard_drift_score"].samples}
     assert got == {("psi", "price_ewm"): 0.31, ("ks", "prediction"): 0.05}
+
+
+# -- the shared online store (``[online] backend = "redis"``) ------------------------------------
+REDIS_ONLINE = """
+[online]
+backend = "redis"
+url = "redis://127.0.0.1:1/0"
+timeout = "200ms"
+heartbeat = "1h"
+"""
+
+
+def samples(service: Service) -> dict[str, float]:
+    """Every sample of ``render(service)`` by name (one label set per name here)."""
+    fams = text_string_to_metric_families(render(service).decode())
+    return {s.name: s.value for f in fams for s in f.samples}
+
+
+def wait_for(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll a condition the invalidation listener's thread makes true (readiness, not a race fix)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def redis_service(toy_dir: Path, tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Service, RedisServer]]:
+    """The toy service reading its stored view from a redis-server of its own (link up)."""
+    from toyservice import render_spec
+
+    from tailguard import load_service
+
+    server = RedisServer(require_binary("redis-server"), tmp_path)
+    server.start()
+    d = Path(shutil.copytree(toy_dir, tmp_path / "svc"))
+    (d / "service.toml").write_text(render_spec() + REDIS_ONLINE)
+    svc = load_service(d, clock=clock, freeze_gc=False, online_url=server.url)
+    try:
+        wait_for(lambda: svc.online.cache.link_up)  # type: ignore[union-attr]
+        yield svc, server
+    finally:
+        svc.close()
+        server.stop()
+
+
+def test_the_remote_feature_counters_are_exported_as_zero_without_a_shared_store(service: Service) -> None:
+    got = samples(service)
+    assert got["tailguard_engine_features_unavailable_total"] == 0
+    assert got["tailguard_engine_features_unconfirmed_total"] == 0
+    assert not any(name.startswith("tailguard_online_") for name in got)  # no shared store, no figures
+
+
+def test_near_cache_hits_misses_and_link_state_are_exported(
+    redis_service: tuple[Service, RedisServer],
+) -> None:
+    from toyservice import feed
+
+    svc, _ = redis_service
+    feed(svc, "a")
+    svc.online.cache.clear()  # type: ignore[union-attr]  # forget what loading (warm-up) read
+    before = samples(svc)
+    svc.engine.predict("a", CTX)  # a miss: fetched from Redis, then cached
+    svc.engine.predict("a", CTX)  # a hit: proven fresh by the link
+    svc.engine.predict_batch(["b", "c"], CTX)  # two more misses, one round trip
+    got = samples(svc)
+    delta = {k.removeprefix("tailguard_"): got[k] - before[k] for k in got if k.endswith("_total")}
+    assert (delta["online_cache_hits_total"], delta["online_cache_misses_total"]) == (1, 3)
+    assert delta["online_reads_total"] == 2
+    assert got["tailguard_online_cache_entries"] == 3
+    assert got["tailguard_online_link_up"] == 1 and got["tailguard_online_link_connects_total"] == 1
+    assert got["tailguard_engine_features_unavailable_total"] == 0
+
+
+def test_redis_down_shows_in_the_link_state_and_the_unavailable_counter(
+    redis_service: tuple[Service, RedisServer],
+) -> None:
+    svc, server = redis_service
+    server.stop()
+    wait_for(lambda: not svc.online.cache.link_up)  # type: ignore[union-attr]
+    before = samples(svc)
+    svc.engine.predict("a", CTX)
+    svc.engine.predict_batch(["b", "c"], CTX)
+    got = samples(svc)
+    unavailable = "tailguard_engine_features_unavailable_total"
+    assert got[unavailable] - before[unavailable] == 3
+    assert got["tailguard_online_link_up"] == 0
+    assert got["tailguard_online_errors_total"] - before["tailguard_online_errors_total"] >= 2
+
+
+def test_feature_ages_of_a_shared_store_are_declared_but_empty_without_a_tap(
+    redis_service: tuple[Service, RedisServer],
+) -> None:
+    from toyservice import feed
+
+    svc, _ = redis_service
+    feed(svc, "a")
+    svc.engine.predict("a", CTX)
+    fams = {f.name: f for f in text_string_to_metric_families(render(svc).decode())}
+    # The key index holds no values (they live in Redis): no rows counted as 0, no ages made up.
+    assert fams["tailguard_feature_age_seconds"].samples == []
+    assert fams["tailguard_feature_rows"].samples == []
+    assert getattr(svc, "_tap", None) is None  # a scrape does not install a tap
+
+
+def test_feature_ages_of_a_shared_store_are_those_the_last_decisions_read(
+    redis_service: tuple[Service, RedisServer], clock: FakeClock
+) -> None:
+    from toyservice import feed
+
+    svc, _ = redis_service
+    svc.decision_tap()  # what an attached audit log or drift monitor does
+    feed(svc, "a")
+    clock.advance(1.0)
+    feed(svc, "b")
+    clock.advance(2.0)  # a: 3 s old, b: 2 s old
+    svc.engine.predict("a", CTX)
+    svc.engine.predict_batch(["b", "never-written"], CTX)  # an unknown entity has no age
+    clock.advance(5.0)  # the ages are those at decision time, not at scrape time
+    fams = {f.name: f for f in text_string_to_metric_families(render(svc).decode())}
+    ages = {s.labels["quantile"]: s.value for s in fams["tailguard_feature_age_seconds"].samples
+            if s.labels["view"] == "stats"}
+    assert ages["1"] == pytest.approx(3.0) and ages["0.5"] == pytest.approx(2.5)
+    assert fams["tailguard_feature_rows"].samples == []

@@ -1,24 +1,28 @@
 """The audit writer: an engine hook that queues decisions, and a side-path drain that appends
 them to MAC-chained segment files (format in ``tailguard.audit.format``, docs/audit.md).
 
-On the reply path ``on_decision``/``on_batch`` copy the decision's feature rows and the write
-times of the stored rows behind them (two memcpys of a few dozen bytes) and append one tuple
-to a bounded deque: nothing is encoded, hashed or written there.  When the deque is full the
-decision is counted as dropped, and the next drain records a ``Dropped`` entry, so the gap
-is part of the chain.  ``drain`` (the owner's side path) rewrites PII keys, computes feature
-ages, encodes and chains into one buffer, writes it with one call, writes a checkpoint every
-``checkpoint_records`` records or ``checkpoint_interval_s`` (Ed25519-signed with a
-``signer``), and fsyncs at most every ``fsync_interval_s`` (0: after every drain, on the
-calling thread).  In batched mode the drain only hands the OS the bytes and a duplicate of the
-segment's file descriptor to one background thread, which fsyncs and closes it (a rotation
-closes the old segment with its own fsync, so the dup keeps nothing alive that matters); one
-fsync is in flight per log at a time.  After kill -9 nothing handed to the OS is lost; after an
-OS crash at most the fsync window of records is missing, never a link of the chain before it.
-A segment rotates at ``segment_bytes``, and then the ``retention`` policy removes old
-segments behind an anchor.  Opening a directory that already holds segments verifies it,
-cuts a torn last entry, closes the interrupted segment and continues in a new segment
-chained to it.  ``drain(budget_ns)`` writes at least one record, then another only while
-one more at the mean cost so far still fits the budget.
+The log reads decisions from a ``DecisionTap`` (``tailguard.observe.tap``): on the reply path
+the tap takes each decision's feature rows and the write times of the stored rows behind
+them as two small ``bytes`` — nothing is encoded, hashed or written there.
+``Service.attach`` binds the log to the service's one shared tap (the drift monitor reads
+the same copies); a log used on its own feeds a tap of its own from its hooks.  When the tap
+is full the decision is counted as dropped, and the next drain records a ``Dropped`` entry,
+so the gap is part of the chain.
+
+``drain`` (the owner's side path) rewrites PII keys, computes feature ages, encodes and
+chains into one buffer, writes a checkpoint every ``checkpoint_records`` records or
+``checkpoint_interval_s`` (Ed25519-signed with a ``signer``), and fsyncs at most every
+``fsync_interval_s`` (0: after every drain, on the calling thread).  In batched mode the
+drain only hands the OS the bytes and a duplicate of the segment's file descriptor to one
+background thread, which fsyncs and closes it (a rotation closes the old segment with its
+own fsync, so the dup keeps nothing alive that matters); one fsync is in flight per log at a
+time.  Encoded records are handed to the OS when 32 KiB accumulated and at every checkpoint
+and fsync, so after kill -9 or an OS crash at most the fsync window of records is missing,
+never a link of the chain before it.  A segment rotates at ``segment_bytes``, and then the
+``retention`` policy removes old segments behind an anchor.  Opening a directory that
+already holds segments verifies it, cuts a torn last entry, closes the interrupted segment
+and continues in a new segment chained to it.  ``drain(budget_ns)`` writes at least one
+record, then another only while one more at the mean cost so far still fits the budget.
 
 Owner: the engine's thread (hooks and drain); no locks (the fsync thread shares only its
 queue and each log's ``_Synced`` counters).
@@ -32,7 +36,6 @@ import struct
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from queue import SimpleQueue
@@ -64,11 +67,16 @@ from tailguard.audit.verify import SegmentInfo, verify
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 from tailguard.features.store import NEVER
+from tailguard.observe.tap import DecisionTap
 
 if TYPE_CHECKING:
     from tailguard.service import Service
 
 __all__ = ["AuditError", "AuditLog", "load_key", "new_key"]
+
+_RUN = 256  # ring slots whose ages are made in one numpy pass
+_SMALL_RUN = 8  # shorter runs: ages per record (numpy's fixed cost would dominate)
+_FLUSH_BYTES = 32 << 10  # encoded records kept in memory until this much, or the next fsync
 
 
 class _Synced:
@@ -117,7 +125,8 @@ class AuditLog:
                  capacity: int = 65_536, fsync_interval_s: float = 0.05, segment_bytes: int = 64 << 20,
                  checkpoint_records: int = 10_000, checkpoint_interval_s: float = 1.0,
                  signer: Signer | None = None, pii: PiiPolicy | None = None,
-                 retention: Retention | None = None, wall_clock: Callable[[], int] = time.time_ns) -> None:
+                 retention: Retention | None = None, wall_clock: Callable[[], int] = time.time_ns,
+                 tap: DecisionTap | None = None) -> None:
         if sys.byteorder != "little":  # the format stores the engine's arrays as they are
             raise AuditError("the audit format is little-endian; this host is not")
         self.directory = Path(directory)
@@ -129,11 +138,14 @@ class AuditLog:
         self._ck_interval_ns = round(checkpoint_interval_s * 1e9)
         self.signer, self.pii, self.retention = signer, pii, retention
         self._subjects: SubjectKeys | None = None if pii is None else pii.subject_keys
-        self._queue: deque[tuple[Any, ...]] = deque()
+        # The decisions come from a tap: the service's shared one once attached (``bind_tap``),
+        # else the log's own, fed by its hooks.
+        self._tap = tap if tap is not None else DecisionTap(engine, capacity, wall_clock=wall_clock)
+        self._own_tap = tap is None
+        self._reader = self._tap.reader()
         self._encoder = msgspec.msgpack.Encoder(enc_hook=plain)
         self._mac = hashlib.blake2b(digest_size=MAC_BYTES, key=key)  # copied per entry
         self._wall, self._mono = wall_clock, engine.clock.now_ns
-        self._features, self._written = engine.last_features, engine.last_written_ns
         self._assembler = engine.assembler
         self._views = engine.assembler.stored_views
         self._ages1 = struct.Struct(f"<{len(self._views)}q")
@@ -172,31 +184,30 @@ class AuditLog:
         return cls(directory, key, service.spec.name, service.engine,
                    pii=pii if pii.active else None, **options)
 
-    # -- reply path (engine hooks): copy and enqueue only --------------------------------------
+    # -- reply path (engine hooks): the tap copies, nothing else --------------------------------
     def on_decision(self, d: Decision) -> None:
-        """Queue one decision (with copies of its feature row and its rows' write times)."""
-        if len(self._queue) >= self.capacity:
-            self.dropped += 1
-            self._unrecorded_drops += 1
-            return
-        self._queue.append((self._wall(), self._mono(), d, self._features(1).tobytes(),
-                            self._written(1).tobytes(), self._assembler.filled_ns))
+        """Queue one decision in the log's own tap (a log reading a shared tap is no hook)."""
+        self._tap.on_decision(d)
 
     def on_batch(self, d: BatchDecision) -> None:
-        """Queue one batch decision (with copies of its feature rows and write times)."""
-        if len(self._queue) >= self.capacity:
-            self.dropped += 1
-            self._unrecorded_drops += 1
+        """Queue one batch decision in the log's own tap."""
+        self._tap.on_batch(d)
+
+    def bind_tap(self, tap: DecisionTap) -> None:
+        """Read decisions from ``tap`` (the service's shared one) instead of the log's own;
+        whatever the own tap still holds is written first."""
+        if tap is self._tap:
             return
-        n = len(d)
-        self._queue.append((self._wall(), self._mono(), d, self._features(n).tobytes(),
-                            self._written(n).tobytes(), self._assembler.filled_ns))
+        self.drain()
+        self._tap.remove(self._reader)
+        self._tap, self._own_tap = tap, False
+        self._reader = tap.reader()
 
     # -- side path -------------------------------------------------------------------------------
     @property
     def pending(self) -> int:
         """Decisions queued and not yet written."""
-        return len(self._queue)
+        return self._reader.pending()
 
     def drain(self, budget_ns: int | None = None) -> int:
         """Write queued decisions for about ``budget_ns`` (None: all; at least one, and at
@@ -209,15 +220,19 @@ class AuditLog:
         n = 0
         if self._subjects is not None:
             self._subjects.refresh()
+        missed = self._reader.missed()
+        if missed:
+            self.dropped += missed
+            self._unrecorded_drops += missed
         if self._unrecorded_drops:
             self._append(Dropped(self._next_seq(), self._wall(), self._unrecorded_drops))
             self._unrecorded_drops = 0
-        q, every = self._queue, self.checkpoint_records
+        every, reader = self.checkpoint_records, self._reader
         # At least one record per call, and a 64th of the backlog: under a budget too small for
         # the arrival rate the backlog settles near 64 ticks' arrivals instead of growing
-        # until the queue drops records.
-        floor = max(1, len(q) >> 6)
-        while q and (end is None or n < floor or now() < end):
+        # until the tap drops records.
+        floor = max(1, reader.pending() >> 6)
+        while reader.pending() and (end is None or n < floor or now() < end):
             k = self._write_records(every - self._since_ck, end, max(0, floor - n))
             n += k
             self._since_ck += k
@@ -227,13 +242,15 @@ class AuditLog:
         self._infos[-1].records += n
         if self._since_ck and self._mono() - self._last_ck_ns >= self._ck_interval_ns:
             self._checkpoint(False)
-        self._flush()
         if self.fsync_interval_ns == 0:
             self._sync()
             self._last_fsync = now()
         elif self._synced.error is not None or (
-                self._dirty and now() - self._last_fsync >= self.fsync_interval_ns):
+                (self._dirty or self._buf) and now() - self._last_fsync >= self.fsync_interval_ns):
+            self._flush()
             self._sync_later()
+        elif len(self._buf) >= _FLUSH_BYTES:  # else the bytes wait for the next fsync or a fuller buffer
+            self._flush()
         if self._bytes >= self.segment_bytes:
             self._close_segment()
             self._segment += 1
@@ -245,60 +262,81 @@ class AuditLog:
         """Write everything queued, close the segment with a checkpoint, fsync."""
         self.drain()
         self._close_segment()
+        self._tap.remove(self._reader)
 
     def _write_records(self, limit: int, end: int | None, first: int) -> int:
         """Encode and chain up to ``limit`` queued decisions into the buffer (at least ``first``,
         then while one more, at this call's mean cost per record, ends before ``end``); the
-        per-record loop, kept to locals."""
-        q, width, pii, hashes, ages1 = self._queue, self._assembler.width, self.pii, self._hashes, self._ages1
+        per-record loop, kept to locals.  The ages of a run of single decisions are made at
+        once (one numpy pass over their joined write times), then sliced per record."""
+        tap, reader = self._tap, self._reader
+        width, pii, hashes = self._assembler.width, self.pii, self._hashes
         encode, mac, buf, pack = self._encoder.encode, self._mac, self._buf, LEN.pack
+        items, walls, monos, filled = tap.items, tap.walls, tap.monos, tap.filled
+        features, written, aw, ages1 = tap.features, tap.written, 8 * tap.n_views, self._ages1
         now = time.perf_counter_ns
+        pos = reader.position
+        total = min(tap.head - pos, limit)
         seq, prev, start, k, t0 = self._seq, self._prev, len(self._buf), 0, now()
-        while q and k < limit:
-            if end is not None and k >= first:  # stop before a record of the mean cost would overrun
-                t = now()
-                if t + ((t - t0) // k if k else 0) >= end:
-                    break
-            wall, mono, d, feats, written, filled = q.popleft()
-            if type(d) is Decision:
-                rungs, flags, keys = [d.rung_index], [d.flags], d.key
-                ages = ages1.pack(*[NO_AGE if w == NEVER else filled - w for w in ages1.unpack(written)])
-            else:
-                rungs, flags, keys = d.rungs.tolist(), d.flags.tolist(), d.keys
-                keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
-                ages = self._ages(written, filled, len(d))
-            if pii is not None:
-                keys = pii.apply(keys)
-            version = d.model_version
-            model_hash = hashes.get(version)
-            if model_hash is None:
-                model_hash = self._model_hash(version)
-                hashes = self._hashes
-            payload = encode(DecisionRecord(seq, wall, mono, keys, d.priority, version, rungs, flags, width,
-                                            feats, len(d.output_names), d.outputs.tobytes(),
-                                            list(d.timings_ns), "", model_hash, ages))
-            h = mac.copy()
-            h.update(prev)
-            h.update(payload)
-            prev = h.digest()
-            buf += pack(len(payload))
-            buf += payload
-            buf += prev
-            seq += 1
-            k += 1
+        stop = False
+        while k < total and not stop:
+            lo = (pos + k) & tap.mask
+            m = min(total - k, tap.capacity - lo, _RUN)
+            singles = m >= _SMALL_RUN and tap.run_of_singles(lo, lo + m)
+            if singles:
+                w = np.frombuffer(b"".join(written[lo:lo + m]), dtype=np.int64).reshape(m, -1)
+                ab = self._ages(w, np.array(filled[lo:lo + m], dtype=np.int64)[:, None])
+            for j in range(m):
+                if end is not None and k >= first:  # stop before a record of the mean cost would overrun
+                    t = now()
+                    if t + ((t - t0) // k if k else 0) >= end:
+                        stop = True
+                        break
+                i = lo + j
+                d = items[i]
+                if type(d) is Decision:
+                    rungs, flags, keys = [d.rung_index], [d.flags], d.key
+                else:
+                    rungs, flags, keys = d.rungs.tolist(), d.flags.tolist(), d.keys
+                    keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
+                feats = features[i]
+                if singles:
+                    ages = ab[j * aw:(j + 1) * aw]
+                elif type(d) is Decision:
+                    f = filled[i]
+                    ages = ages1.pack(*[NO_AGE if w == NEVER else f - w for w in ages1.unpack(written[i])])
+                else:
+                    ages = self._ages(np.frombuffer(written[i], dtype=np.int64), filled[i])
+                if pii is not None:
+                    keys = pii.apply(keys)
+                version = d.model_version
+                model_hash = hashes.get(version)
+                if model_hash is None:
+                    model_hash = self._model_hash(version)
+                    hashes = self._hashes
+                payload = encode(DecisionRecord(seq, walls[i], monos[i], keys, d.priority, version, rungs,
+                                                flags, width, feats, len(d.output_names), d.outputs.tobytes(),
+                                                list(d.timings_ns), "", model_hash, ages))
+                h = mac.copy()
+                h.update(prev)
+                h.update(payload)
+                prev = h.digest()
+                buf += pack(len(payload))
+                buf += payload
+                buf += prev
+                seq += 1
+                k += 1
+        reader.advance(pos + k)
         self._seq, self._prev = seq, prev
         self._entries += k
         self._bytes += len(buf) - start
         return k
 
     # -- record contents ---------------------------------------------------------------------------
-    def _ages(self, written: bytes, filled: int, rows: int) -> bytes:
+    @staticmethod
+    def _ages(written: np.ndarray, filled: Any) -> bytes:
         """Each stored view's age at decision time, int64 LE (``NO_AGE``: never written)."""
-        if rows == 1:
-            s = self._ages1
-            return s.pack(*[NO_AGE if w == NEVER else filled - w for w in s.unpack(written)])
-        w = np.frombuffer(written, dtype=np.int64)
-        return np.where(w == NEVER, NO_AGE, filled - w).astype("<i8").tobytes()
+        return np.where(written == NEVER, NO_AGE, filled - written).astype("<i8").tobytes()
 
     def _model_hash(self, label: str) -> str:
         """The content hash of the model labelled ``label`` (models may be swapped at run time)."""

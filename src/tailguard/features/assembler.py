@@ -95,6 +95,12 @@ class FeatureAssembler:
         self.filled_ns = 0
 
     @property
+    def stored_layout(self) -> tuple[tuple[str, int, int, int], ...]:
+        """Per stored view, in ``stored_views`` order: its name, the position of its entity in
+        ``entities`` and its columns ``lo:hi`` in the wide vector."""
+        return tuple((s.name, s.entity_pos, s.lo, s.hi) for s in self._stored)
+
+    @property
     def width(self) -> int:
         """Number of columns of the wide feature vector."""
         return len(self.columns)

@@ -1,7 +1,7 @@
 """The ``tailguard features`` commands that live in this package (registered by ``tailguard.cli``).
 
     tailguard features ingest SERVICE_DIR --nats URL --stream S --subject SUBJ [--durable NAME]
-                              [--store memory|redis://HOST:PORT/DB] [--format msgpack|json]
+                              [--store|--online-url memory|redis://HOST:PORT/DB] [--format msgpack|json]
                               [--dead-letter-subject SUBJ] [--checkpoint PATH | --no-checkpoint]
                               [--checkpoint-interval-s 1] [--batch 512] [--until-idle] [--json]
 
@@ -9,7 +9,10 @@
 SIGINT/SIGTERM (or, with ``--until-idle``, until the consumer has nothing left), commits what
 it applied, prints its statistics and exits 0, or 1 after a fatal error.  ``--store memory``
 keeps the rows in the worker's own memory (useful for a dry run or a benchmark);
-``redis://...`` writes them to the shared Redis online store that serving processes read.
+``redis://...`` writes them to the shared Redis online store that serving processes read
+(one pipelined round trip per view per fetched batch).  A message body is one event (a map)
+or a batch of events (an array of maps), see ``tailguard.features.ingest``;
+``examples/trading/publish.py`` publishes the trading example's ticks either way.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ def register_ingest(fsub: Any) -> None:
     i.add_argument("--stream", required=True, help="the JetStream stream holding the events")
     i.add_argument("--subject", required=True, help="the subject of the events (the consumer's filter)")
     i.add_argument("--durable", default="tailguard-ingest", help="durable consumer name (one worker each)")
-    i.add_argument("--store", default="memory", metavar="memory|redis://...",
+    i.add_argument("--store", "--online-url", dest="store", default="memory", metavar="memory|redis://...",
                    help="where the feature rows go (default: memory, in this process)")
     i.add_argument("--format", choices=("msgpack", "json"), default="msgpack",
-                   help="message body: one event, a map (default msgpack)")
+                   help="message body: one event (a map) or a batch (an array of maps); default msgpack")
     i.add_argument("--dead-letter-subject", metavar="SUBJ", help="default <subject>.dead")
     i.add_argument("--checkpoint", metavar="PATH",
                    help="state file (default SERVICE_DIR/.tailguard/ingest-<stream>-<durable>.ckpt)")
@@ -57,7 +60,9 @@ def _store(url: str, spec: Any, views: Any) -> Any:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from tailguard.features.online.redis import RedisOnlineStore
 
-        return RedisOnlineStore(views, spec.entities, service=spec.name, url=url, timeout_s=2.0,
+        # The key prefix serving replicas read (``[online] keyspace``, else the service name).
+        keyspace = getattr(getattr(spec, "online", None), "keyspace", None) or spec.name
+        return RedisOnlineStore(views, spec.entities, service=keyspace, url=url, timeout_s=2.0,
                                 connect_timeout_s=2.0)
     raise SystemExit(f"--store must be 'memory' or a redis:// URL, not {url!r}")
 

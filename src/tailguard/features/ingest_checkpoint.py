@@ -15,7 +15,9 @@ rows are flushed to the store and before it acknowledges the batch to JetStream,
   below ``last_seq``, so the processor counts them as duplicates and applies nothing.
 
 The file is ``MAGIC``, one JSON header line (stream, durable, subject, ``last_seq``, view
-versions: readable without the transform code) and a pickle of the states.  It is written
+versions: readable without the transform code) and a pickle of the processor's
+``ProcessorSnapshot`` (``StreamProcessor.snapshot``; format 1 files, ``TGCKPT1``, pickled a
+plain dict of the same content and are still read).  It is written
 to a temporary file, fsynced, renamed over the old one and the directory fsynced, so a crash
 leaves the old checkpoint or the new one, never a torn one.  Pickle runs the transform
 classes' code on load: a checkpoint is trusted like the service directory itself (the worker
@@ -36,14 +38,14 @@ from typing import Any
 import msgspec
 
 from tailguard.errors import FeatureError
-from tailguard.features.events import EventReason
-from tailguard.features.stream import StreamProcessor
+from tailguard.features.stream import SNAPSHOT_VERSION, ProcessorSnapshot, StreamProcessor, ViewStates
 from tailguard.features.view import FeatureView
 
 __all__ = ["MAGIC", "CheckpointHeader", "load_checkpoint", "read_header", "write_checkpoint"]
 
-#: First bytes of a checkpoint file (format version 1).
-MAGIC = b"TGCKPT1\n"
+#: First bytes of a checkpoint file (format version 2: a pickled ``ProcessorSnapshot``).
+MAGIC = b"TGCKPT2\n"
+_MAGIC_V1 = b"TGCKPT1\n"  # a pickled dict (read, never written)
 
 
 class CheckpointHeader(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,23 +62,8 @@ class CheckpointHeader(msgspec.Struct, frozen=True, kw_only=True):
     written_wall_ns: int = 0
 
 
-def _snapshot(p: StreamProcessor) -> dict[str, Any]:
-    # The processor's routes are internal to stream.py; this module is its one other reader
-    # (the checkpoint must capture exactly the state the event path mutates).
-    routes = {r.name: (r.states, r.last_ts) for rs in p._by_entity.values() for r in rs}
-    return {
-        "routes": routes,
-        "ids": list(p._id_order),
-        "max_ts_ns": p.max_ts_ns,
-        "last_seq": p.last_seq,
-        "counters": {"applied": p.applied, "ignored": p.ignored, "late_applied": p.late_applied,
-                     "dead_lettered": p.dead_lettered, "states_reset": p.states_reset},
-        "rejected": {r.value: n for r, n in p.rejected.items()},
-    }
-
-
 def _versions(views: Mapping[str, FeatureView], p: StreamProcessor) -> dict[str, str]:
-    return {r.name: views[r.name].version for rs in p._by_entity.values() for r in rs}
+    return {name: views[name].version for name in p.view_versions}
 
 
 def write_checkpoint(
@@ -89,7 +76,8 @@ def write_checkpoint(
                               last_seq=processor.last_seq, versions=_versions(views, processor),
                               written_wall_ns=wall_ns)
     try:
-        body = pickle.dumps(_snapshot(processor), protocol=pickle.HIGHEST_PROTOCOL)
+        # Shared, not copied, states: pickled right here, before the processor moves on.
+        body = pickle.dumps(processor.snapshot(copy_states=False), protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise FeatureError(f"cannot checkpoint the stream states (a transform state is not picklable): "
                            f"{exc}") from exc
@@ -111,7 +99,7 @@ def write_checkpoint(
 
 def _split(path: Path) -> tuple[CheckpointHeader, bytes]:
     data = path.read_bytes()
-    if not data.startswith(MAGIC):
+    if not data.startswith((MAGIC, _MAGIC_V1)):
         raise FeatureError(f"{path} is not an ingest checkpoint")
     end = data.index(b"\n", len(MAGIC))
     try:
@@ -152,27 +140,22 @@ def load_checkpoint(
         snap = pickle.loads(body)
     except Exception as exc:  # unpickling can raise anything a class's code raises
         raise FeatureError(f"{p}: cannot restore the stream states: {exc!r}") from exc
-    _restore(processor, snap)
+    if isinstance(snap, dict):
+        snap = _from_v1(snap, header.versions)
+    if not isinstance(snap, ProcessorSnapshot):
+        raise FeatureError(f"{p}: the checkpoint body is a {type(snap).__name__}, not a stream snapshot")
+    try:
+        processor.restore(snap, copy_states=False)  # just unpickled: nobody else holds the states
+    except FeatureError as exc:
+        raise FeatureError(f"{p}: {exc}; delete the checkpoint to rebuild them from the stream") from exc
     return header
 
 
-def _restore(p: StreamProcessor, snap: dict[str, Any]) -> None:
-    routes = snap["routes"]
-    for rs in p._by_entity.values():
-        for r in rs:
-            saved = routes.get(r.name)
-            if saved is None:  # a view added since: it starts empty
-                continue
-            r.states, r.last_ts = saved
-            r.dirty = dict.fromkeys(r.states)
-    for eid in snap["ids"]:
-        p._ids.add(eid)
-        p._id_order.append(eid)
-    while len(p._id_order) > p.config.dedupe_window:  # the window may have shrunk since
-        p._ids.discard(p._id_order.popleft())
-    p.max_ts_ns = snap["max_ts_ns"]
-    p.last_seq = snap["last_seq"]
-    for name, n in snap["counters"].items():
-        setattr(p, name, n)
-    for value, n in snap["rejected"].items():
-        p.rejected[EventReason(value)] = n
+def _from_v1(snap: dict[str, Any], versions: Mapping[str, str]) -> ProcessorSnapshot:
+    """A format-1 checkpoint's dict as a snapshot (the header holds the view versions)."""
+    counters = dict(snap["counters"])
+    counters.update(snap["rejected"])
+    views = {name: ViewStates(versions.get(name, ""), states, last_ts)
+             for name, (states, last_ts) in snap["routes"].items()}
+    return ProcessorSnapshot(version=SNAPSHOT_VERSION, last_seq=snap["last_seq"], max_ts_ns=snap["max_ts_ns"],
+                             views=views, event_ids=tuple(snap["ids"]), counters=counters)

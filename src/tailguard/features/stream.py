@@ -25,19 +25,29 @@ or kept in ``dead_letters`` when there is none) or ``raise`` (``ValidationError`
 transform that raises gets a fresh state for that entity (a half-updated aggregate is never
 served) and the event is routed as ``transform_error``.  Writes go through at once, or,
 with ``write_through=False``, are coalesced per entity until ``flush()`` (the worker
-flushes once per fetched batch, before acknowledging it).
+flushes once per fetched batch, before acknowledging it).  ``flush`` hands each view's
+changed rows to the store's ``write_many`` in one call when the store has one (the Redis
+store: one pipelined round trip per view), else writes them row by row.
+
+``snapshot()`` / ``restore()``: the processor's whole state at one stream position (every
+view's per-entity states and last event times, the watermark base, the remembered event
+ids, the counters) as a versioned ``ProcessorSnapshot``.  A processor restored from a
+snapshot gives, for the same further events, the same values bit for bit as the one it was
+taken from; the ingest worker's checkpoint is a pickled snapshot.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from tailguard.clock import Clock, MonotonicClock
-from tailguard.errors import ValidationError
+from tailguard.errors import FeatureError, ValidationError
 from tailguard.features.events import (
     DeadLetter,
     DeadLetterSink,
@@ -51,7 +61,12 @@ from tailguard.features.transforms import StreamTransform
 from tailguard.features.view import FeatureView
 from tailguard.spec import EntitySpec, EventAction, LatePolicy, StreamSpec, ViewSource
 
-__all__ = ["FeatureWriter", "StreamProcessor"]
+__all__ = ["SNAPSHOT_VERSION", "FeatureWriter", "ProcessorSnapshot", "StreamProcessor", "ViewStates"]
+
+#: The layout version of ``ProcessorSnapshot`` (bumped when its fields change meaning).
+SNAPSHOT_VERSION = 1
+
+_COUNTERS = ("applied", "ignored", "late_applied", "dead_lettered", "states_reset")
 
 
 class FeatureWriter(Protocol):
@@ -63,11 +78,37 @@ class FeatureWriter(Protocol):
         """Store ``values`` as ``view``'s row for ``key`` (``event_ns``: the event time)."""
 
 
+class ViewStates(NamedTuple):
+    """One view's part of a snapshot: its version, per-entity states and last event times."""
+
+    version: str
+    states: dict[Any, Any]
+    last_ts: dict[Any, int]
+
+
+@dataclass(frozen=True)
+class ProcessorSnapshot:
+    """A ``StreamProcessor``'s whole state at stream position ``last_seq`` (see the module doc).
+
+    Picklable when the transforms' states are.  ``views``: view name -> ``ViewStates``;
+    ``event_ids``: the remembered ids, oldest first; ``counters``: ``statistics()`` without
+    ``last_seq``."""
+
+    version: int
+    last_seq: int
+    max_ts_ns: int | None
+    views: dict[str, ViewStates]
+    event_ids: tuple[Any, ...]
+    counters: dict[str, int]
+
+
 class _Route:
-    __slots__ = ("apply_late", "dirty", "inputs", "last_ts", "lateness_ns", "name", "states", "transform")
+    __slots__ = ("apply_late", "dirty", "inputs", "last_ts", "lateness_ns", "name", "states", "transform",
+                 "version")
 
     def __init__(self, view: FeatureView, transform: StreamTransform) -> None:
         self.name = view.name
+        self.version = view.version
         self.transform = transform
         self.inputs = view.spec.inputs
         lateness = view.spec.allowed_lateness
@@ -103,9 +144,15 @@ class StreamProcessor:
                 assert v.spec.entity is not None
                 self._by_entity.setdefault(v.spec.entity, []).append(_Route(v, v.transform))
         self._key_types = self._resolve_key_types(entities)
+        #: The store's batch write (``write_many(view, keys, values, event_ns)``), when it has one.
+        self._write_many: Callable[..., None] | None = getattr(store, "write_many", None)
         c = self.config
         self._future_ns = None if c.max_future is None else round(c.max_future * 1e9)
         self._past_ns = None if c.max_past is None else round(c.max_past * 1e9)
+        # Precomputed for the event path: what it can skip per event.
+        self._bounded = self._future_ns is not None or self._past_ns is not None
+        self._names = tuple(self._by_entity)
+        self._routed_by_inputs = {e: any(r.inputs for r in rs) for e, rs in self._by_entity.items()}
         self._ids: set[Any] = set()
         self._id_order: deque[Any] = deque()
         #: The latest event time seen (the watermark's base); None before any event.
@@ -135,6 +182,11 @@ class StreamProcessor:
         return tuple(self._by_entity)
 
     @property
+    def view_versions(self) -> dict[str, str]:
+        """Stream view name -> version, for the views this processor computes."""
+        return {r.name: r.version for rs in self._by_entity.values() for r in rs}
+
+    @property
     def late(self) -> int:
         """Events not applied because they were late."""
         return self.rejected[EventReason.LATE]
@@ -157,10 +209,16 @@ class StreamProcessor:
         """Fold one event into the stream views of every entity whose key it carries (under
         the entity's name).  Returns None when applied, else the reason it was not."""
         try:
-            self._check_seq(seq)
-            pairs = tuple(
-                (name, self._check_key(name, event[name])) for name in self._by_entity if name in event
-            )
+            if seq is not None:
+                self._check_seq(seq)
+            pairs = []
+            key_types = self._key_types
+            for name in self._names:
+                if name in event:
+                    key = event[name]
+                    if type(key) is not key_types.get(name, type(key)):
+                        key = self._check_key(name, key)
+                    pairs.append((name, key))
             if not pairs:
                 names = ", ".join(repr(n) for n in self._by_entity) or "(none)"
                 raise Reject(EventReason.MISSING_FIELD, f"no entity key: expected one of {names}", "entity")
@@ -208,13 +266,18 @@ class StreamProcessor:
         if len(self._id_order) > self.config.dedupe_window:
             self._ids.discard(self._id_order.popleft())
 
-    def _run(self, pairs: tuple[tuple[str, Any], ...], event: Mapping[str, Any]) -> EventReason | None:
-        bounded = self._future_ns is not None or self._past_ns is not None
-        ts = check_time(event, self._clock.wall_ns() if bounded else None, self._future_ns, self._past_ns)
-        touched = [(key, self._touched(self._by_entity[entity], event)) for entity, key in pairs]
-        eid = self._check_id(event)
-        if eid is not None:
-            self._remember(eid)
+    def _run(self, pairs: Sequence[tuple[str, Any]], event: Mapping[str, Any]) -> EventReason | None:
+        ts = event.get("ts_ns")
+        if type(ts) is not int or self._bounded:  # the common case (an int, no bounds) needs no call
+            bounded = self._bounded
+            ts = check_time(event, self._clock.wall_ns() if bounded else None, self._future_ns, self._past_ns)
+        by_entity, by_inputs = self._by_entity, self._routed_by_inputs
+        touched = [(key, self._touched(by_entity[entity], event) if by_inputs[entity] else by_entity[entity])
+                   for entity, key in pairs]
+        if self.config.event_id is not None:
+            eid = self._check_id(event)
+            if eid is not None:
+                self._remember(eid)
         max_ts = self.max_ts_ns
         if max_ts is None or ts > max_ts:
             self.max_ts_ns = ts
@@ -275,19 +338,74 @@ class StreamProcessor:
     # -- coalesced writes, replay, statistics -----------------------------------------------
     def flush(self) -> int:
         """Write the current values of every view/entity changed since the last flush (for
-        ``write_through=False``); returns the number of rows written."""
+        ``write_through=False``); returns the number of rows written.  Each view's rows go in
+        one ``write_many`` call when the store has it.  A store error leaves the rows of the
+        view that failed (and of those not reached) marked, so the next flush writes them."""
         n = 0
+        many = self._write_many
         for routes in self._by_entity.values():
             for r in routes:
                 if not r.dirty:
                     continue
-                for key in r.dirty:
-                    state = r.states.get(key)
-                    if state is not None:
-                        self._store.write(r.name, key, r.transform.values(state), event_ns=r.last_ts[key])
-                        n += 1
+                states, last_ts, values = r.states, r.last_ts, r.transform.values
+                keys = [k for k in r.dirty if k in states]  # a reset state has nothing to write
+                if many is not None and keys:
+                    rows = np.array([values(states[k]) for k in keys], dtype=np.float64)
+                    event_ns = np.fromiter((last_ts[k] for k in keys), dtype=np.int64, count=len(keys))
+                    many(r.name, keys, rows, event_ns)
+                else:
+                    for key in keys:
+                        self._store.write(r.name, key, values(states[key]), event_ns=last_ts[key])
+                n += len(keys)
                 r.dirty.clear()
         return n
+
+    # -- snapshot and restore ------------------------------------------------------------------
+    def snapshot(self, *, copy_states: bool = True) -> ProcessorSnapshot:
+        """The processor's state now (see the module doc).  ``copy_states=False`` shares the
+        live state objects instead of deep-copying them: only for a snapshot serialised at
+        once, before the next event (the ingest checkpoint)."""
+        views = {}
+        for rs in self._by_entity.values():
+            for r in rs:
+                states = copy.deepcopy(r.states) if copy_states else r.states
+                views[r.name] = ViewStates(r.version, states, dict(r.last_ts))
+        counters = {name: getattr(self, name) for name in _COUNTERS}
+        counters.update({reason.value: n for reason, n in self.rejected.items()})
+        return ProcessorSnapshot(version=SNAPSHOT_VERSION, last_seq=self.last_seq, max_ts_ns=self.max_ts_ns,
+                                 views=views, event_ids=tuple(self._id_order), counters=counters)
+
+    def restore(self, snap: ProcessorSnapshot, *, copy_states: bool = True) -> None:
+        """Replace this processor's state by ``snap``'s.  Every restored row is marked changed,
+        so the next ``flush`` writes it.  A view the snapshot lacks starts empty; states of a
+        view whose version differs are refused (``FeatureError``, nothing changed), as is a
+        snapshot of another ``SNAPSHOT_VERSION``.  ``copy_states=False`` adopts the snapshot's
+        state objects (for a snapshot nobody else holds, e.g. one just unpickled)."""
+        if snap.version != SNAPSHOT_VERSION:
+            raise FeatureError(f"stream snapshot version {snap.version} is not {SNAPSHOT_VERSION}")
+        live = self.view_versions
+        changed = sorted(n for n, v in snap.views.items() if n in live and live[n] != v.version)
+        if changed:
+            raise FeatureError(f"the snapshot holds states of views whose version changed since: {changed}")
+        for rs in self._by_entity.values():
+            for r in rs:
+                saved = snap.views.get(r.name)
+                if saved is None:
+                    r.states, r.last_ts = {}, {}
+                else:
+                    r.states = copy.deepcopy(saved.states) if copy_states else saved.states
+                    r.last_ts = dict(saved.last_ts)
+                r.dirty = dict.fromkeys(r.states)
+        self._ids.clear()
+        self._id_order.clear()
+        ids = snap.event_ids[-self.config.dedupe_window:]  # the window may have shrunk since
+        self._ids.update(ids)
+        self._id_order.extend(ids)
+        self.max_ts_ns, self.last_seq = snap.max_ts_ns, snap.last_seq
+        for name in _COUNTERS:
+            setattr(self, name, snap.counters.get(name, 0))
+        for reason in EventReason:
+            self.rejected[reason] = snap.counters.get(reason.value, 0)
 
     def replay(self, entity: str, key_field: str, events: Iterable[Mapping[str, Any]]) -> int:
         """Apply events in order, taking each one's key from ``key_field``; returns the count."""

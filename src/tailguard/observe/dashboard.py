@@ -33,7 +33,7 @@ import numpy as np
 
 from tailguard.clock import Clock
 from tailguard.errors import ValidationError
-from tailguard.observe.latency import StageHistograms, bucket_high
+from tailguard.observe.latency import LatencyRecorder, StageHistograms, bucket_high
 
 if TYPE_CHECKING:
     from tailguard.service import Service
@@ -174,7 +174,7 @@ class DashboardSampler:
         interval_s: float = 1.0,
         capacity: int = 300,
         clock: Clock | None = None,
-        classes: Sequence[tuple[str, StageHistograms]] = (),
+        classes: Sequence[tuple[str, StageHistograms | LatencyRecorder]] = (),
         scheduler_stats: Callable[[], Mapping[str, Any]] | None = None,
         state: Callable[[], str] | None = None,
     ) -> None:
@@ -184,7 +184,11 @@ class DashboardSampler:
         self.clock = clock or service.engine.clock
         self.interval_ns = round(interval_s * 1e9)
         self.capacity = capacity
-        self._classes = list(classes)
+        self._classes = [(n, h.one if isinstance(h, LatencyRecorder) else h) for n, h in classes]
+        # Recorders fold only whole chunks on the side path: a sample folds what they still hold.
+        self._recorders = [h for _, h in classes if isinstance(h, LatencyRecorder)]
+        if service.latency is not None:
+            self._recorders.insert(0, service.latency)
         self._scheduler_stats = scheduler_stats
         self._state = state or (lambda: "embedded")
         #: Per (histogram, stage): the bucket counts and the sum at the previous sample.
@@ -266,6 +270,9 @@ class DashboardSampler:
         per histogram, so every stage counts the same calls), then one stage's interval counts
         and percentiles per step, one class per step, the counters, and the point."""
         stages: dict[str, list[float]] = {}
+        for r in self._recorders:
+            r.drain()
+            yield
         rec = self.service.latency
         if rec is not None:
             hists = (rec.one, rec.batch)

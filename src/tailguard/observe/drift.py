@@ -1,7 +1,9 @@
 """The drift monitor: feature and prediction drift against a training reference, off the reply path.
 
-``DriftMonitor`` is a side task and a decision hook (``service.attach(monitor)``).  On the
-reply path it only copies each decision's feature rows into a preallocated ring
+``DriftMonitor`` is a side task (``service.attach(monitor)``).  Attached, it reads the
+service's shared ``DecisionTap`` (the reply path's one copy of each decision, which the audit
+log reads too) and moves new decisions into its own ring at the start of each ``drain``; used
+on its own it is a decision hook that copies each decision's feature rows into that ring
 (``tailguard.observe.intake``).  On the side path (``drain``) it
 
 1. turns queued decisions into rows of features and monitored-model outputs, and feeds the
@@ -134,6 +136,7 @@ class DriftMonitor(DecisionRing):
         """Do queued work for about ``budget_ns`` (None: all of it); returns rows and labels handled."""
         now = time.perf_counter_ns
         end = None if budget_ns is None else now() + budget_ns
+        self._pull()  # from the shared tap, when bound: keeps it from holding the tap back
         done = 0
         while True:
             n = self._step(None if end is None else end - now())
@@ -259,6 +262,8 @@ class DriftMonitor(DecisionRing):
             self._close_window()
             self.drain(None)
         self.alerts.close()
+        if self._reader is not None:
+            self._reader.tap.remove(self._reader)
 
     # -- reading ----------------------------------------------------------------------------------
     def drift_scores(self) -> dict[str, float]:

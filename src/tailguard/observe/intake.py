@@ -29,6 +29,7 @@ import numpy as np
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 from tailguard.observe.labels import PendingPredictions, key_of, row_keys
+from tailguard.observe.tap import DecisionTap, TapReader
 
 __all__ = ["DecisionRing"]
 
@@ -54,6 +55,7 @@ class DecisionRing:
         # larger than the engine's buffer replaces it (see Engine.predict_batch).
         self._row = engine.last_features(1)[0] if engine is not None else None
         self._head = self._conv = self._tail = 0
+        self._reader: TapReader | None = None
         self.recorded_rows = 0
         self.dropped_rows = 0
         self.dropped_decisions = 0
@@ -87,7 +89,59 @@ class DecisionRing:
         out = np.array(outputs, dtype=np.float32, copy=True).reshape(len(features), -1)
         return self._put(np.asarray(features, dtype=np.float32), out)
 
-    def _put(self, rows: np.ndarray, item: Any) -> bool:
+    # -- from a shared tap (side path) --------------------------------------------------------------
+    def bind_tap(self, tap: DecisionTap) -> None:
+        """Take decisions from ``tap`` (the service's one shared copy, ``Service.attach`` binds
+        it) on the side path instead of copying them in hooks."""
+        self._reader = tap.reader()
+
+    def _pull(self) -> int:
+        """Move every decision the tap holds for this ring into it (dropping what does not fit,
+        as the hooks would); returns how many.  Decision times are the tap's (engine clock)."""
+        r = self._reader
+        if r is None:
+            return 0
+        tap = r.tap
+        missed = r.missed()
+        if missed:
+            self.dropped_decisions += missed
+        pos, head = r.position, tap.head
+        items, monos, rows = tap.items, tap.monos, tap.batch_rows
+        width = self._feat.shape[1]
+        p = pos
+        while p < head:
+            lo = p & tap.mask
+            m = min(head - p, tap.capacity - lo, self.capacity - (self._head - self._tail))
+            if m > 0 and tap.run_of_singles(lo, lo + m):  # the common case: one copy for the run
+                feats = np.frombuffer(b"".join(tap.features[lo:lo + m]), dtype=np.float32).reshape(m, width)
+                self._put_run(feats, items[lo:lo + m], monos[lo:lo + m])
+                p += m
+            else:
+                n = rows[lo] or 1
+                self._put(np.frombuffer(tap.features[lo], dtype=np.float32).reshape(n, width), items[lo],
+                          monos[lo])
+                p += 1
+        r.advance(head)
+        return head - pos
+
+    def _put_run(self, feats: np.ndarray, items: list[Any], stamps: list[int]) -> None:
+        """Queue a run of single decisions that fits in the free part of the ring."""
+        m = len(items)
+        h = self._head
+        i = h & self._mask
+        first = min(m, self.capacity - i)
+        self._feat[i:i + first] = feats[:first]
+        self._items[i:i + first] = items[:first]
+        if self._stamp is not None:
+            self._stamps[i:i + first] = stamps[:first]
+        if first < m:
+            self._feat[:m - first] = feats[first:]
+            self._items[:m - first] = items[first:]
+            if self._stamp is not None:
+                self._stamps[:m - first] = stamps[first:]
+        self._head = h + m
+
+    def _put(self, rows: np.ndarray, item: Any, stamp: int | None = None) -> bool:
         n = rows.shape[0]
         h = self._head
         if h + n - self._tail > self.capacity:
@@ -101,15 +155,21 @@ class DecisionRing:
             self._feat[:n - first] = rows[first:]
         self._items[i] = item
         if self._stamp is not None:
-            self._stamps[i] = self._stamp()
+            self._stamps[i] = self._stamp() if stamp is None else stamp
         self._head = h + n
         return True
 
     # -- side path --------------------------------------------------------------------------------
     @property
     def queued_rows(self) -> int:
-        """Rows in the ring not yet taken by the side path."""
-        return self._head - self._tail
+        """Rows not yet taken by the side path (in the ring, or still in the shared tap)."""
+        n = self._head - self._tail
+        r = self._reader
+        if r is not None:
+            tap = r.tap
+            for p in range(r.position, tap.head):
+                n += tap.batch_rows[p & tap.mask] or 1
+        return n
 
     def _convert(self, limit: int) -> int:
         """Turn up to about ``limit`` queued rows (whole decisions) into output rows."""

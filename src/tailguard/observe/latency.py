@@ -22,18 +22,17 @@ __all__ = ["LatencyRecorder", "StageHistograms", "bucket_high", "bucket_index"]
 
 PERCENTILES = (50.0, 99.0, 99.9, 99.99)
 _MAX_NS = 60_000_000_000
-_CHUNK = 64
-_NONES = [None] * _CHUNK
+_CHUNK = 1024  # most decisions folded by one numpy pass
+_ZEROS = [0] * (_CHUNK * 8)
 
 
 def bucket_index(values: np.ndarray) -> np.ndarray:
     """HDR bucket index of each value (int64 ns >= 1): exact below 2048, then 1024
     sub-buckets per power of two (3 significant digits, HdrHistogram's own layout)."""
-    e = np.frexp(values.astype(np.float64))[1]  # == bit_length for positive integers
-    k = np.maximum(e - 11, 0)
-    idx: np.ndarray = values >> k
-    big = k > 0
-    idx[big] += (k[big] - 1) * 1024 + 1024
+    # The float64 exponent of v is bit_length(v) - 1 (exact for v < 2**53).
+    e = (values.astype(np.float64).view(np.int64) >> 52) - 1023
+    k = np.maximum(e - 10, 0)
+    idx: np.ndarray = (values >> k) + (k << 10)
     return idx
 
 
@@ -68,9 +67,14 @@ class StageHistograms:
 
     def record_many(self, rows: list[Any]) -> None:
         """Record many timing tuples at once."""
-        if not rows:
+        if rows:
+            self.record_array(np.array(rows, dtype=np.int64))
+
+    def record_array(self, values: np.ndarray) -> None:
+        """Record an int64 array of shape (n, stages) (extra columns are ignored)."""
+        if not len(values):
             return
-        a = np.clip(np.array(rows, dtype=np.int64), 1, _MAX_NS)[:, : len(self.stages)]
+        a = np.clip(values, 1, _MAX_NS)[:, : len(self.stages)]
         k = a.shape[1]
         # One scatter-add over all stages: row j of ``counts`` starts at j * _N_BUCKETS.
         flat = bucket_index(a) + self._offsets[:k]
@@ -121,37 +125,69 @@ class LatencyRecorder:
     """A side-path hook: queue timings per decision, aggregate into HDR histograms later.
 
     Separate histograms for single decisions (``predict``) and batches (``predict_batch``).
+    The rings are flat lists of integers (``len(stages)`` per decision): on the reply path a
+    decision costs one slice store and one increment, keeps no object alive for the cyclic
+    collector, and the side path turns a whole chunk into one numpy array at once.  A
+    budgeted ``drain`` folds only whole chunks of ``chunk`` decisions (a chunk's numpy calls
+    cost about the same for 20 decisions as for 200), so the side path's cost per decision
+    stays ~0.15 µs; ``drain()`` without a budget (snapshots, scrapes) folds everything.
     Owned by the engine's thread (no locks).
     """
 
-    def __init__(self, capacity: int = 1 << 16, stages: tuple[str, ...] = STAGES) -> None:
+    def __init__(self, capacity: int = 1 << 16, stages: tuple[str, ...] = STAGES, *,
+                 chunk: int = 256) -> None:
         self._cap = capacity
-        self._ring_one: list[Any] = [None] * capacity
-        self._ring_batch: list[Any] = [None] * capacity
+        self._w = w = len(stages)
+        self._ring_one: list[int] = [0] * (capacity * w)
+        self._ring_batch: list[int] = [0] * (capacity * w)
         self._head = [0, 0]  # written
         self._tail = [0, 0]  # drained
+        self.chunk = max(1, min(chunk, capacity))
         self.dropped = 0
         self.stages = stages
         self.one = StageHistograms(stages)
         self.batch = StageHistograms(stages)
 
+    @staticmethod
+    def _put(ring: list[int], slot: int, w: int, timings: Any) -> None:
+        """Store one timing tuple of any length as exactly ``w`` integers (pad with 0, cut)."""
+        t = list(timings[:w])
+        ring[slot * w : slot * w + w] = t + [0] * (w - len(t))
+
     def record(self, timings: Any) -> None:
-        """Queue one timing tuple or list in ``stages`` order (reply path: one list store,
+        """Queue one timing tuple or list in ``stages`` order (reply path: one slice store,
         one increment), for recorders fed by something other than the engine's hooks."""
         h = self._head[0]
-        self._ring_one[h % self._cap] = timings
+        w = self._w
+        i = (h % self._cap) * w
+        if len(timings) == w:
+            self._ring_one[i : i + w] = timings
+        else:
+            self._put(self._ring_one, h % self._cap, w, timings)
         self._head[0] = h + 1
 
     def on_decision(self, decision: Decision) -> None:
-        """Queue one decision's timings (reply path: one list store, one increment)."""
+        """Queue one decision's timings (reply path: one slice store, one increment)."""
+        t = decision.timings_ns
         h = self._head[0]
-        self._ring_one[h % self._cap] = decision.timings_ns
+        w = self._w
+        i = (h % self._cap) * w
+        if len(t) == w:
+            self._ring_one[i : i + w] = t
+        else:
+            self._put(self._ring_one, h % self._cap, w, t)
         self._head[0] = h + 1
 
     def on_batch(self, decision: BatchDecision) -> None:
         """Queue one batch decision's timings."""
+        t = decision.timings_ns
         h = self._head[1]
-        self._ring_batch[h % self._cap] = decision.timings_ns
+        w = self._w
+        i = (h % self._cap) * w
+        if len(t) == w:
+            self._ring_batch[i : i + w] = t
+        else:
+            self._put(self._ring_batch, h % self._cap, w, t)
         self._head[1] = h + 1
 
     def pending(self) -> int:
@@ -159,28 +195,31 @@ class LatencyRecorder:
         return (self._head[0] - self._tail[0]) + (self._head[1] - self._tail[1])
 
     def drain(self, budget_ns: int | None = None) -> int:
-        """Move queued timings into the histograms, for at most ``budget_ns`` (None: all);
-        returns how many.  Works in chunks of up to 64 decisions, reading the clock between
-        chunks (a chunk costs about 25 µs)."""
+        """Move queued timings into the histograms; returns how many.  ``None``: all of them.
+        With a budget: whole chunks of ``chunk`` decisions only, reading the clock before each
+        chunk, stopping once ``budget_ns`` has passed (a chunk of 256 costs ~40 µs)."""
         done = 0
         now = time.perf_counter_ns
         end = None if budget_ns is None else now() + budget_ns
+        cap, w = self._cap, self._w
+        whole = 1 if end is None else self.chunk
+        most = _CHUNK if end is None else self.chunk
         for i, (ring, hists) in enumerate(((self._ring_one, self.one), (self._ring_batch, self.batch))):
             head, tail = self._head[i], self._tail[i]
-            if head - tail > self._cap:  # overwritten before we got to them
-                self.dropped += head - tail - self._cap
-                tail = head - self._cap
-            cap = self._cap
-            while tail < head:
+            if head - tail > cap:  # overwritten before we got to them
+                self.dropped += head - tail - cap
+                tail = head - cap
+            while head - tail >= whole:
                 if end is not None and now() >= end:
                     break
                 # Chunks that do not wrap around the ring, folded in with numpy.
-                stop = min(head, tail + _CHUNK, tail - tail % cap + cap)
+                stop = min(head, tail + most, tail - tail % cap + cap)
                 lo, hi = tail % cap, (stop - 1) % cap + 1
-                hists.record_many(ring[lo:hi])
-                # Let the timing tuples go now: kept until overwritten, every decision would
-                # leave one object alive for the cyclic collector to walk.
-                ring[lo:hi] = _NONES[: hi - lo]
+                hists.record_array(np.array(ring[lo * w : hi * w], dtype=np.int64).reshape(hi - lo, w))
+                # Let the integers go here, in bulk: overwritten later on the reply path, each
+                # would be freed there, in memory long gone cold.
+                z = (hi - lo) * w
+                ring[lo * w : hi * w] = _ZEROS[:z] if z <= len(_ZEROS) else [0] * z
                 done += stop - tail
                 tail = stop
             self._tail[i] = tail

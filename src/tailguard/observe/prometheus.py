@@ -1,4 +1,5 @@
-"""Prometheus exposition of an engine: stage-latency histograms, ladder outcomes, models.
+"""Prometheus exposition of an engine: stage-latency histograms, ladder outcomes, models, and
+with a shared online store (``[online] backend = "redis"``) its near-cache and link figures.
 
 Usable embedded (``render(service)`` in any process that holds a loaded service) and by the
 server's ``/metrics`` (which adds its own families).  Nothing is recorded for Prometheus on
@@ -18,12 +19,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tailguard.decision import STAGES
+from tailguard.features.store import NEVER
 from tailguard.observe.latency import StageHistograms, bucket_index
 
 if TYPE_CHECKING:
+    from tailguard.observe.tap import DecisionTap
     from tailguard.service import Service
 
-__all__ = ["AGE_QUANTILES", "LATENCY_BUCKETS_S", "ServiceCollector", "histogram_buckets", "render"]
+__all__ = [
+    "AGE_QUANTILES", "DECISION_AGES_WINDOW", "LATENCY_BUCKETS_S", "ServiceCollector", "histogram_buckets",
+    "render",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -90,6 +96,8 @@ class ServiceCollector:
             ("unknown_entities", "Rows for entities the store has never seen (defaults served)."),
             ("stale", "Rows served with a feature view older than its TTL."),
             ("deadline_missed", "Decisions formed after their deadline."),
+            ("features_unavailable", "Rows the shared online store could not feed in time (ladder used)."),
+            ("features_unconfirmed", "Rows served cached values whose freshness the link could not prove."),
         ):
             c = CounterMetricFamily(f"tailguard_engine_{key}", doc, labels=names)
             c.add_metric(values, stats[key])
@@ -118,6 +126,7 @@ class ServiceCollector:
             views.add_metric([name, version, *values], 1)
         yield views
         yield from _feature_ages(svc, names, values)
+        yield from _online_store(svc, names, values)
         yield from _drift_scores(svc, names, values)
 
 
@@ -127,14 +136,30 @@ AGE_QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 def _feature_ages(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
     """Per stored view: quantiles of the age of every entity's row (time since its last write)
-    and how many entities have one — computed at scrape time over the store's write times."""
+    and how many entities have one — computed at scrape time over the store's write times.
+    With a shared online store: quantiles of the ages the last decisions saw (``_decision_ages``)."""
     from prometheus_client.core import GaugeMetricFamily
 
     ages = GaugeMetricFamily("tailguard_feature_age_seconds",
                              "Age of the stored feature rows per view (time since last write), by quantile "
-                             "over entities (1 = the oldest).", labels=["view", "quantile", *names])
+                             "over entities (1 = the oldest); with a shared online store, of the values the "
+                             "last decisions read, when they read them.", labels=["view", "quantile", *names])
     rows = GaugeMetricFamily("tailguard_feature_rows", "Entities with a written row per stored view.",
                              labels=["view", *names])
+    if svc.online is not None:
+        # The remote store's key index holds no values (they live in Redis): the ages are those
+        # of the values the last decisions read, at the time they read them, when a decision tap
+        # keeps them (an audit log or drift monitor is attached); no rows are counted.
+        tap = svc.tap  # never made here (decision_tap() would): a scrape must not add a hook
+        if tap is not None:
+            for name, a in _decision_ages(tap).items():
+                if len(a):
+                    qs = np.quantile(a, AGE_QUANTILES) / 1e9
+                    for q, v in zip(AGE_QUANTILES, qs.tolist(), strict=True):
+                        ages.add_metric([name, f"{q:g}", *values], v)
+        yield ages
+        yield rows
+        return
     for name, view in svc.views.items():
         if view.is_request:
             continue  # a request-time view has no stored rows
@@ -146,6 +171,87 @@ def _feature_ages(svc: Service, names: list[str], values: list[str]) -> Iterator
                 ages.add_metric([name, f"{q:g}", *values], v)
     yield ages
     yield rows
+
+
+#: Decisions (tap entries, single or batch) whose values' ages a scrape reads with a remote store.
+DECISION_AGES_WINDOW = 1024
+
+
+def _decision_ages(tap: DecisionTap, window: int = DECISION_AGES_WINDOW) -> dict[str, np.ndarray]:
+    """Per stored view, the ages (ns, at decision time: fill time minus write time) of the values
+    the last ``window`` decisions the tap kept read; unknown or never-written rows left out.
+    Reads the ring without a reader (owner thread; slots below ``head`` hold whole entries)."""
+    hi = tap.head
+    slots = [i & tap.mask for i in range(max(0, hi - min(window, tap.capacity)), hi)]
+    names = tap.engine.assembler.stored_views
+    if not slots or not names:
+        return {name: np.empty(0, dtype=np.int64) for name in names}
+    chunks = [tap.written[s] for s in slots]
+    w_all = np.frombuffer(b"".join(chunks), dtype=np.int64).reshape(-1, len(names))
+    rows_per = np.array([len(c) for c in chunks], dtype=np.int64) // (8 * len(names))
+    f_all = np.repeat(np.array([tap.filled[s] for s in slots], dtype=np.int64), rows_per)
+    out = {}
+    for j, name in enumerate(names):
+        col = w_all[:, j]
+        known = col != NEVER
+        out[name] = f_all[known] - col[known]
+    return out
+
+
+#: Near-cache counters exported as ``tailguard_online_cache_<name>_total``.
+_CACHE_COUNTERS = (
+    ("hits", "Entity reads served from the near-cache."),
+    ("misses", "Entity keys fetched from Redis (near-cache misses)."),
+    ("fills", "Entries stored in the near-cache after a fetch."),
+    ("fills_refused", "Fetched entries not stored: invalidated while the fetch was in flight."),
+    ("invalidations", "Keys invalidated by pushes or by this process's own writes."),
+    ("evictions", "Entries evicted by CLOCK beyond the capacity."),
+    ("clears", "Whole-cache clears (each reconnect of the invalidation link)."),
+    ("unconfirmed", "Entity reads served from the cache without proof of freshness (eventual views)."),
+    ("unavailable", "Reads the cache could not serve while Redis could not be read."),
+)
+
+
+def _online_store(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
+    """The shared online store's figures (``[online] backend = "redis"`` only): round trips and
+    errors, near-cache entries, hits and misses, and the invalidation link's state."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if svc.online is None:
+        return
+    stats = svc.online.statistics()
+    cache: dict[str, Any] = stats.get("near_cache", {})
+    link: dict[str, Any] = stats.get("link", {})
+
+    def counter(name: str, doc: str, value: Any) -> Any:
+        c = CounterMetricFamily(name, doc, labels=names)
+        c.add_metric(values, float(value))
+        return c
+
+    def gauge(name: str, doc: str, value: Any) -> Any:
+        g = GaugeMetricFamily(name, doc, labels=names)
+        g.add_metric(values, float(value))
+        return g
+
+    for key, doc in (("reads", "Read round trips to Redis."), ("keys_read", "Entity keys read from Redis."),
+                     ("writes", "Values written to Redis by this process."),
+                     ("errors", "Redis calls that failed (timeouts, refused or lost connections).")):
+        if key in stats:
+            yield counter(f"tailguard_online_{key}", doc, stats[key])
+    for key, doc in _CACHE_COUNTERS:
+        if key in cache:
+            yield counter(f"tailguard_online_cache_{key}", doc, cache[key])
+    if "entries" in cache:
+        yield gauge("tailguard_online_cache_entries", "Entities held in the near-cache.", cache["entries"])
+        yield gauge("tailguard_online_cache_capacity", "Entities the near-cache may hold.", cache["capacity"])
+    if "link_up" in cache:
+        yield gauge("tailguard_online_link_up", "1 while the invalidation link is up (cached values "
+                    "proven fresh), else 0.", 1 if cache["link_up"] else 0)
+    for key, doc in (("connects", "Times the invalidation link (re)subscribed."),
+                     ("failures", "Times the invalidation link failed."),
+                     ("messages", "Invalidation messages received.")):
+        if key in link:
+            yield counter(f"tailguard_online_link_{key}", doc, link[key])
 
 
 def _drift_scores(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:

@@ -11,10 +11,11 @@ module holds their compiled form and the per-entity last-good memory.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from tailguard.errors import SpecError
+from tailguard.errors import ModelError, SpecError
 from tailguard.models.repository import LoadedModel
 from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.spec import RungKind, RungSpec
@@ -59,6 +60,48 @@ class Rung:
         return out
 
 
+def bind_model(r: Rung, m: LoadedModel, pos: Mapping[str, int]) -> None:
+    """Point rung ``r`` at model ``m``: its label, isolation and the gather from the wide
+    columns (``pos``: column -> index; every input of ``m`` must be in it)."""
+    r.model = m
+    r.label = m.label
+    r.isolated = m.runtime if isinstance(m.runtime, IsolatedRuntime) else None
+    idx = [pos[c] for c in m.manifest.inputs]
+    if idx == list(range(len(pos))):
+        r.cols, r.xbuf = None, np.zeros((0, 0), dtype=np.float32)
+    else:
+        r.cols = np.array(idx, dtype=np.intp)
+        r.xbuf = np.zeros((64, len(idx)), dtype=np.float32)
+    r.x1 = r.xbuf[:1]
+
+
+def swapped_ladder(rungs: Sequence[Rung], rung_name: str, m: Any, columns: Sequence[str],
+                   outputs: tuple[str, ...]) -> tuple[tuple[Rung, ...], int, LoadedModel]:
+    """``rungs`` with model rung ``rung_name`` serving ``m`` instead, built aside (a hot swap
+    publishes the result at once): the new ladder, the rung's index and the model it replaces.
+    The rung keeps its name, index and kind; the model is re-bound (label, isolation, gather).
+    Raises ``ModelError``, building nothing, for an unknown rung or a model that answers other
+    outputs or reads columns the engine does not assemble."""
+    if not isinstance(m, LoadedModel):
+        raise TypeError(f"a model rung needs a LoadedModel, not {type(m).__name__}")
+    old = next((r for r in rungs if r.name == rung_name and r.model is not None), None)
+    if old is None or old.model is None:
+        names = [r.name for r in rungs if r.model is not None]
+        raise ModelError(f"no model rung named {rung_name!r}; model rungs: {names}")
+    if m.manifest.outputs != outputs:
+        raise ModelError(f"model {m.label} answers {list(m.manifest.outputs)}, "
+                         f"the ladder answers {list(outputs)}")
+    pos = {c: i for i, c in enumerate(columns)}
+    missing = [c for c in m.manifest.inputs if c not in pos]
+    if missing:
+        raise ModelError(f"model {m.label} reads {missing}, which this engine does not assemble")
+    new = Rung.__new__(Rung)
+    for slot in Rung.__slots__:
+        setattr(new, slot, getattr(old, slot))
+    bind_model(new, m, pos)
+    return tuple(new if r is old else r for r in rungs), old.index, old.model
+
+
 def compile_ladder(
     specs: Sequence[RungSpec],
     models: Mapping[str, LoadedModel],
@@ -85,10 +128,6 @@ def compile_ladder(
                     f"the ladder answers {list(outputs)} - at `$.ladder[{i}].model`",
                     path=f"$.ladder[{i}].model",
                 )
-            r.model = m
-            r.label = m.label
-            if isinstance(m.runtime, IsolatedRuntime):
-                r.isolated = m.runtime
             missing = [c for c in m.manifest.inputs if c not in pos]
             if missing:
                 raise SpecError(
@@ -96,11 +135,7 @@ def compile_ladder(
                     f" - at `$.ladder[{i}].model`",
                     path=f"$.ladder[{i}].model",
                 )
-            idx = [pos[c] for c in m.manifest.inputs]
-            if idx != list(range(len(columns))):
-                r.cols = np.array(idx, dtype=np.intp)
-                r.xbuf = np.zeros((64, len(idx)), dtype=np.float32)
-                r.x1 = r.xbuf[:1]
+            bind_model(r, m, pos)
         rungs.append(r)
     assert outputs is not None  # the spec guarantees a first model rung
     for i, (s, r) in enumerate(zip(specs, rungs, strict=True)):

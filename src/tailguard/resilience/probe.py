@@ -77,6 +77,13 @@ class Prober:
         self.background_runs = 0
         self.owner_runs = 0
 
+    def replace_rungs(self, rungs: Sequence[Rung], changed: int) -> None:
+        """Use ``rungs`` from now on (rung ``changed`` was swapped): a probe queued for the old
+        model of that rung is dropped (it would run the new model on the old one's input)."""
+        self._rungs = tuple(rungs)
+        self.pending.pop(changed, None)
+        self._pending_since.pop(changed, None)
+
     def request(self, rung: Rung, x: np.ndarray, last_observed_ns: int) -> None:
         """Owner thread, on a skip: queue a probe with a copy of ``x`` if one is due."""
         i = rung.index

@@ -65,6 +65,13 @@ class ServeConfig:
     side_path_interval_s: float = 0.01
     #: Side-path work per tick: short slices, since a request arriving meanwhile waits.
     side_path_budget_s: float = 50e-6
+    #: Idle-time slices: when the dispatcher has nothing queued and at least this many
+    #: decisions wait for the side path (``Service.side_backlog``), one slice of
+    #: ``side_slice_budget_s`` runs from the loop (0: only the timer).  Gathering a few dozen
+    #: spreads each task's fixed cost per drain thin; running in the idle gap after replies
+    #: keeps the work out of the way of requests, except one that arrives during a slice.
+    side_slice_backlog: int = 32
+    side_slice_budget_s: float = 100e-6
     reuseport: bool = False
     backlog: int = 4096
     #: ``HOST:PORT`` of one ``/metrics`` for all workers (the supervisor merges them; with one
@@ -101,6 +108,9 @@ class ServeConfig:
     #: The engine's per-stage latency histograms (``/metrics``, ``/dashboard``); False removes
     #: the recorder hook (the dispatcher's per-class timings stay).
     record_latency: bool = True
+    #: The shared online store's URL (``redis://host:port/db``), overriding the spec's
+    #: ``[online] url`` (docs/features-online.md); None: the spec's.
+    online_url: str | None = None
     #: Traces (the ``otel`` extra; docs/observability.md): spans of sampled requests go by
     #: OTLP/HTTP to this URL (None: tracing off — nothing on the reply path).  A request whose
     #: ``traceparent`` is sampled is traced; one without a valid parent with this probability.
@@ -186,6 +196,10 @@ class App:
         self._side_timer: asyncio.TimerHandle | None = None
         self.metrics_registry: Any = None  # made by serve.metrics on the first scrape
         self._gc: SidePathGC | None = SidePathGC() if config.gc_on_side_path else None
+        self._slice_soon = False
+        self.side_slices = 0
+        if config.side_slice_backlog > 0:
+            self.dispatcher.on_idle = self._maybe_slice
         if not config.record_latency and service.latency is not None:
             engine.set_hooks([h for h in engine.hooks if h is not service.latency])
             service.latency = None
@@ -220,7 +234,7 @@ class App:
             d = self.dispatcher
             self.dashboard = DashboardSampler(
                 service, interval_s=config.dashboard_interval_s, capacity=config.dashboard_points,
-                classes=[(name, rec.one) for name, rec in zip(d.class_names, d.latency, strict=True)],
+                classes=list(zip(d.class_names, d.latency, strict=True)),
                 scheduler_stats=self.scheduler.statistics, state=lambda: self.state.value,
             )
             service.attach(self.dashboard)
@@ -320,6 +334,19 @@ class App:
         self.state = State.READY
         self._schedule_side_path()
         self._note("server.ready", listeners=[kind for kind, _ in listeners])
+
+    def _maybe_slice(self) -> None:
+        """The dispatcher went idle: schedule one side-path slice if enough work gathered."""
+        if not self._slice_soon and self.service.side_backlog() >= self.config.side_slice_backlog:
+            self._slice_soon = True
+            self.loop.call_soon(self._side_slice)
+
+    def _side_slice(self) -> None:
+        self._slice_soon = False
+        if self.state is State.STOPPED or self.scheduler.total_queued:
+            return  # requests first: the next idle moment tries again
+        self.service.run_side_path(self.config.side_slice_budget_s)
+        self.side_slices += 1
 
     def _schedule_side_path(self) -> None:
         self._side_timer = self.loop.call_later(self.config.side_path_interval_s, self._side_path)

@@ -114,6 +114,8 @@ class Dispatcher:
         self.errors: dict[str, int] = {}
         self.abandoned = 0
         self.in_flight = 0
+        #: Called when a step leaves nothing queued (the app runs side-path slices from it).
+        self.on_idle: Callable[[], None] | None = None
 
     # -- the door ----------------------------------------------------------------------------
     def submit(self, req: Request, arrival_ns: int, sink: ReplySink) -> None:
@@ -220,16 +222,19 @@ class Dispatcher:
         if batch is not None:
             self._run_batch(batch)
         self._flush()
-        if sched.total_queued:
-            if batch is not None:
-                self._wake()
+        if not sched.total_queued:
+            if self.on_idle is not None:
+                self.on_idle()
+            return
+        if batch is not None:
+            self._wake()
+        else:
+            at = sched.wake_at_ns()
+            if at is not None:
+                delay = max(at - self._now(), 0) / 1e9
+                self._timer = self.loop.call_later(delay, self._step)
             else:
-                at = sched.wake_at_ns()
-                if at is not None:
-                    delay = max(at - self._now(), 0) / 1e9
-                    self._timer = self.loop.call_later(delay, self._step)
-                else:
-                    self._wake()
+                self._wake()
 
     def _settle(self, job: WireJob, verdict: Verdict) -> None:
         """A job the scheduler handed back outside a batch: answer it cheaply or reject it."""

@@ -122,7 +122,7 @@ def run_worker(service_dir: str, config: ServeConfig, listeners: Sequence[Listen
     """Load the service and serve ``listeners`` in this process until drained."""
     from tailguard.service import load_service, tune_gc
 
-    service = load_service(service_dir)
+    service = load_service(service_dir, online_url=config.online_url)
     tune_gc()
     loop = new_loop(config)
     asyncio.set_event_loop(loop)

@@ -420,3 +420,38 @@ def test_background_listener_invalidates_and_reconnects(
         s.close()
         writer.close()
     assert not s.listener.connected
+
+
+def test_a_read_the_cache_serves_only_in_part_is_flagged_as_fetched(
+    make: Factory, writer: RedisOnlineStore, views: dict[str, FeatureView]
+) -> None:
+    s = make()
+    writer.write("profile", "u", [1.0, 2.0, 3.0])
+    writer.write("activity", "u", [4.0, 5.0])
+    s.read(vset(views, "profile"), "u")  # the entry holds profile only
+    both = vset(views, "profile", "activity")
+    rows = s.read(both, "u")  # profile could come from memory, activity cannot: one fetch of both
+    assert reads(s) == 2
+    assert rows.values[0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert rows.flags[0].tolist() == [0, 0]  # fetched: no CACHED bit left over from the partial serve
+    many = s.read_many(both, ["u", "v"])
+    assert many.flags[:2].tolist() == [[CACHED, CACHED], [ValueFlag.MISSING, ValueFlag.MISSING]]
+
+
+def test_a_replaced_entry_serves_its_own_values_not_an_older_row(
+    make: Factory, writer: RedisOnlineStore, raw: redis.Redis, views: dict[str, FeatureView], clock: FakeClock
+) -> None:
+    s = make()
+    vs = vset(views, "profile", "activity")
+    writer.write("profile", "u", [1.0, 2.0, 3.0])
+    writer.write("activity", "u", [4.0, 5.0])
+    s.read(vs, "u")
+    assert s.read(vs, "u").values[0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]  # a hit (row memoised)
+    writer.write("activity", "u", [6.0, 7.0])
+    sync(s, raw)
+    s.read(vs, "u")  # refetched after the push
+    clock.advance(1.0)
+    hit = s.read(vs, "u")
+    assert reads(s) == 2 and hit.flags[0].tolist() == [CACHED, CACHED]
+    assert hit.values[0].tolist() == [1.0, 2.0, 3.0, 6.0, 7.0]
+    assert hit.ages_ns[0].tolist() == [10**9, 10**9]

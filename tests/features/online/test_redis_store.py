@@ -12,6 +12,7 @@ import pytest
 import redis
 from services import RedisServer
 
+from tailguard.features.online import replies as replies_mod
 from tailguard.features.online.errors import FeatureStoreError, FeatureStoreUnavailable
 from tailguard.features.online.protocol import NO_AGE, Rows, ValueFlag, ViewSet
 from tailguard.features.online.redis import RedisOnlineStore
@@ -22,6 +23,16 @@ from tailguard.testing import FakeClock
 
 SERVICE = "toy"
 USER_VIEWS = ("profile", "activity", "extra0", "extra1", "extra2", "extra3", "extra4")
+
+
+@pytest.fixture(autouse=True, params=["hiredis", "python"])
+def general_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: irregular replies read by hiredis' C reader, then by the pure-Python parser."""
+    if request.param == "hiredis" and replies_mod._hiredis is None:
+        pytest.skip("hiredis not installed")
+    if request.param == "python":
+        monkeypatch.setattr(replies_mod, "_hiredis", None)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -114,6 +125,10 @@ class CountingSocket:
     def recv(self, n: int) -> bytes:
         self._received = True
         return self._sock.recv(n)
+
+    def recv_into(self, buf: Any) -> int:
+        self._received = True
+        return self._sock.recv_into(buf)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

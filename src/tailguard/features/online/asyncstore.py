@@ -1,7 +1,7 @@
 """The Redis online store and its near-cached front for an asyncio loop (same semantics as the blocking ones).
 
 ``AsyncRedisOnlineStore`` reads with the same pipelined ``HMGET`` wire as the blocking store
-(``wire.HmgetParser`` over asyncio streams, a small pool of connections so concurrent reads
+(``replies.HmgetReplies`` over asyncio streams, a small pool of connections so concurrent reads
 on one loop do not queue behind each other) and writes with ``redis.asyncio``.  Errors are
 translated exactly as in ``redis``: ``FeatureStoreUnavailable`` for timeouts and unreachable
 servers, ``FeatureStoreError`` for error replies.  ``timeout_s`` bounds a whole read.
@@ -23,14 +23,13 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tailguard.clock import Clock, MonotonicClock
-from tailguard.features.online.cached import CacheFront
+from tailguard.clock import Clock
 from tailguard.features.online.errors import FeatureStoreError, FeatureStoreUnavailable
-from tailguard.features.online.invalidation import InvalidationListener, InvalidationMode
-from tailguard.features.online.nearcache import NearCache
+from tailguard.features.online.front import NearCachedBase
 from tailguard.features.online.protocol import Rows, ViewSet
-from tailguard.features.online.redis import Replies, StoreCore, translate_error
-from tailguard.features.online.wire import HmgetParser, handshake, hmget_head, pack_hmget
+from tailguard.features.online.redis import StoreCore, translate_error
+from tailguard.features.online.replies import Fetched, HmgetReplies, Replies
+from tailguard.features.online.wire import RECV_BYTES, handshake
 from tailguard.features.view import FeatureView
 from tailguard.spec import EntitySpec
 
@@ -74,58 +73,60 @@ class AsyncRedisOnlineStore(StoreCore):
             url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
         )
-        self._kwargs = dict(self.client.connection_pool.connection_kwargs)
-        self._hello, self._n_hello = handshake(
-            self._kwargs.get("password"), self._kwargs.get("username"), int(self._kwargs.get("db") or 0)
-        )
+        kw = self.conn_kwargs = dict(self.client.connection_pool.connection_kwargs)
+        self._hello, self._n_hello = handshake(kw.get("password"), kw.get("username"), int(kw.get("db") or 0))
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Stream] = []
         self._max_idle = max_idle
-        self._heads: dict[tuple[bytes, ...], tuple[bytes, bytes]] = {}
 
     async def _open(self) -> _Stream:
-        path = self._kwargs.get("path")
+        path = self.conn_kwargs.get("path")
         async with asyncio.timeout(self._connect_timeout_s):
             if path:
                 r, w = await asyncio.open_unix_connection(path)
             else:
-                host, port = self._kwargs.get("host", "127.0.0.1"), int(self._kwargs.get("port", 6379))
+                kw = self.conn_kwargs
+                host, port = kw.get("host", "127.0.0.1"), int(kw.get("port", 6379))
                 r, w = await asyncio.open_connection(host, port)
         return _Stream(r, w)
 
-    async def fetch(self, views: ViewSet, hkeys: Sequence[bytes]) -> Replies:
-        """Raw ``HMGET`` replies for hash keys: one round trip whatever their number.
+    async def send(self, views: ViewSet, payload: bytes, n: int) -> Fetched:
+        """Send a packed batch of ``n`` HMGET commands of ``views`` and read the replies (one round trip).
 
         As in the blocking store, a pooled connection found closed is replaced and the read
         sent once more, on a fresh connection: the other idle connections were opened before
         the same failure, so they are closed rather than tried one by one.  Nothing else is
         retried.
         """
-        pieces = self._heads.get(views.fields)
-        if pieces is None:
-            pieces = self._heads[views.fields] = hmget_head(views.fields)
         self.reads += 1
-        self.keys_read += len(hkeys)
+        self.keys_read += n
         reused = bool(self._idle)
         try:
-            return await self._fetch(views, hkeys, pieces)
+            return await self._send(views, payload, n)
         except FeatureStoreUnavailable as exc:
             if not reused or exc.reason != "unreachable":
                 raise
             self._close_idle()
             self.errors -= 1  # counted again if the fresh connection fails too
-            return await self._fetch(views, hkeys, pieces)
+            return await self._send(views, payload, n)
+
+    async def fetch_values(self, views: ViewSet, hkeys: Sequence[bytes]) -> Fetched:
+        """The replies for hash keys, as read (regular replies stay one numpy block)."""
+        return await self.send(views, self.read_plan(views)[0].pack(hkeys), len(hkeys))
+
+    async def fetch(self, views: ViewSet, hkeys: Sequence[bytes]) -> Replies:
+        """Raw ``HMGET`` replies for hash keys (one list per key): one round trip whatever their number."""
+        return (await self.fetch_values(views, hkeys)).lists()
 
     def _close_idle(self) -> None:
         for s in self._idle:
             s.writer.close()
         self._idle.clear()
 
-    async def _fetch(self, views: ViewSet, hkeys: Sequence[bytes], pieces: tuple[bytes, bytes]) -> Replies:
+    async def _send(self, views: ViewSet, payload: bytes, n: int) -> Fetched:
         stream: _Stream | None = None
         try:
-            payload = pack_hmget(hkeys, *pieces)
             skip = 0
             if self._idle:
                 stream = self._idle.pop()
@@ -133,14 +134,14 @@ class AsyncRedisOnlineStore(StoreCore):
                 stream = await self._open()
                 if self._n_hello:
                     payload, skip = self._hello + payload, self._n_hello
-            parser = HmgetParser(len(hkeys), len(views.fields), skip)
+            replies = HmgetReplies(self.read_plan(views)[1], n, skip)
             async with asyncio.timeout(self._timeout_s):
                 stream.writer.write(payload)
                 while True:
-                    data = await stream.reader.read(262144)
+                    data = await stream.reader.read(RECV_BYTES)
                     if not data:
                         raise ConnectionError("the server closed the connection")
-                    if parser.feed(data):
+                    if replies.feed(data):
                         break
         except BaseException as exc:
             if stream is not None:
@@ -155,13 +156,13 @@ class AsyncRedisOnlineStore(StoreCore):
             self._idle.append(stream)
         else:
             stream.writer.close()
-        return parser.replies
+        return replies.result()
 
     async def read(self, views: ViewSet, key: Any, out: Rows | None = None) -> Rows:
         """One entity's values of ``views``: one ``HMGET``."""
         rows = out if out is not None else Rows.for_views(views)
         rows.reset(1)
-        self.decode(views, await self.fetch(views, [self.layout.key(views.entity, key)]), rows)
+        self.decode(views, await self.send(views, self.pack_keys(views, (key,)), 1), rows)
         return rows
 
     async def read_many(self, views: ViewSet, keys: Sequence[Any], out: Rows | None = None) -> Rows:
@@ -169,7 +170,7 @@ class AsyncRedisOnlineStore(StoreCore):
         rows = out if out is not None else Rows.for_views(views, max(len(keys), 1))
         rows.reset(len(keys))
         if keys:
-            self.decode(views, await self.fetch(views, self.hash_keys(views, keys)), rows)
+            self.decode(views, await self.send(views, self.pack_keys(views, keys), len(keys)), rows)
         return rows
 
     async def write(
@@ -190,21 +191,16 @@ class AsyncRedisOnlineStore(StoreCore):
         event_ns: np.ndarray | int | None = None,
     ) -> None:
         """Write many entities' rows of ``view`` in one pipelined round trip (then publish)."""
-        hkeys, fld, payloads = self.write_plan(view, keys, values, event_ns)
-        if not hkeys:
-            return
         pipe = self.client.pipeline(transaction=False)
-        for k, p in zip(hkeys, payloads, strict=True):
-            pipe.hset(k, fld, p)
-        inv = self.invalidation(hkeys)
-        if inv is not None:
-            pipe.publish(self.layout.channel, inv)
+        n = self.queue_write(pipe, view, keys, values, event_ns)
+        if not n:
+            return
         try:
             await pipe.execute()
         except redis.exceptions.RedisError as exc:
             self.errors += 1
             raise translate_error(exc, "write") from exc
-        self.writes += len(hkeys)
+        self.writes += n
 
     async def ping(self) -> None:
         """One ``PING`` round trip (raises ``FeatureStoreUnavailable`` when unreachable)."""
@@ -220,48 +216,35 @@ class AsyncRedisOnlineStore(StoreCore):
             await self.client.aclose()
 
 
-class AsyncNearCachedStore:
-    """``AsyncOnlineStore``: ``AsyncRedisOnlineStore`` behind a near-cache (as ``NearCachedStore``)."""
+class AsyncNearCachedStore(NearCachedBase[AsyncRedisOnlineStore]):
+    """``AsyncOnlineStore``: ``AsyncRedisOnlineStore`` behind a near-cache (as ``NearCachedStore``).
 
-    def __init__(
-        self,
-        store: AsyncRedisOnlineStore,
-        *,
-        capacity: int = 100_000,
-        mode: InvalidationMode = InvalidationMode.TRACKING,
-        clock: Clock | None = None,
-        heartbeat_s: float = 0.5,
-        entry_ttl_s: float = 60.0,
-        start: bool = True,
-    ) -> None:
-        self.store = store
-        self._clock: Clock = clock or MonotonicClock()
-        self.cache = NearCache(capacity, self._clock, link_timeout_s=2 * heartbeat_s, entry_ttl_s=entry_ttl_s)
-        self.front = CacheFront(store, self.cache, self._clock)
-        self.listener = InvalidationListener(
-            self.cache, dict(store.client.connection_pool.connection_kwargs), mode=mode,
-            prefix=store.layout.prefix, channel=store.layout.channel, clock=self._clock,
-            heartbeat_s=heartbeat_s,
-        )
-        if start:
-            self.listener.start()
+    ``AsyncNearCachedStore(store, *, capacity=100_000, mode=TRACKING, clock=None,
+    heartbeat_s=0.5, entry_ttl_s=60.0, start=True)``: the parameters of ``NearCachedStore``.
+    """
 
     async def read(self, views: ViewSet, key: Any, out: Rows | None = None) -> Rows:
         """One entity: from the cache when it may serve it, else one ``HMGET``."""
-        return await self.read_many(views, [key], out)
+        rows, hk, served = self.begin_read(views, key, out)
+        if served:
+            return rows
+        return await self._fetch(views, [hk], [0], rows, self.cache.epoch, self._clock.now_ns())
 
     async def read_many(self, views: ViewSet, keys: Sequence[Any], out: Rows | None = None) -> Rows:
         """Many entities: cached ones from memory, the rest in one pipelined round trip."""
-        rows = out if out is not None else Rows.for_views(views, max(len(keys), 1))
-        rows.reset(len(keys))
-        hkeys = self.store.hash_keys(views, keys)
-        miss, epoch, now = self.front.lookup(views, hkeys, rows)
-        if miss:
-            try:
-                replies = await self.store.fetch(views, [hkeys[i] for i in miss])
-            except FeatureStoreUnavailable as exc:
-                raise self.front.fail(views, exc) from exc
-            self.front.complete(views, hkeys, miss, replies, rows, epoch, now)
+        rows, hkeys, miss, epoch, now = self.begin_read_many(views, keys, out)
+        if not miss:
+            return rows
+        return await self._fetch(views, hkeys, miss, rows, epoch, now)
+
+    async def _fetch(
+        self, views: ViewSet, hkeys: list[bytes], miss: list[int], rows: Rows, epoch: int, now: int
+    ) -> Rows:
+        try:
+            replies = await self.store.fetch_values(views, self.to_fetch(hkeys, miss))
+        except FeatureStoreUnavailable as exc:
+            raise self.front.fail(views, exc) from exc
+        self.front.complete(views, hkeys, miss, replies, rows, epoch, now)
         return rows
 
     async def write(
@@ -283,17 +266,7 @@ class AsyncNearCachedStore:
     ) -> None:
         """Write many rows through to Redis, then drop those entities from this process's cache."""
         await self.store.write_many(view, keys, values, event_ns)
-        v = view if isinstance(view, FeatureView) else self.store.stored_view(view)
-        assert v.spec.entity is not None
-        self.cache.invalidate(self.store.layout.keys(v.spec.entity, keys))
-
-    def statistics(self) -> dict[str, Any]:
-        """Store, near-cache and invalidation link counters."""
-        return {
-            **self.store.statistics(),
-            "near_cache": self.front.statistics(),
-            "link": self.listener.statistics(),
-        }
+        self.written(view, keys)
 
     async def aclose(self) -> None:
         """Stop the listener and close the store (idempotent)."""

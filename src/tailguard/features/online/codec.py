@@ -41,6 +41,7 @@ __all__ = [
     "encode_invalidation",
     "encode_values",
     "place",
+    "place_records",
     "value_dtype",
 ]
 
@@ -80,6 +81,14 @@ class KeyLayout:
         if type(key) is not str:
             _bad_key(entity, key, "str")
         return tag + key.encode() + b"}"
+
+    def tag(self, entity: str) -> bytes:
+        """The start of every hash key of ``entity`` (the key and a closing brace follow)."""
+        return self._tags[entity]
+
+    def int_keys(self, entity: str) -> bool:
+        """True when ``entity``'s keys are integers."""
+        return self._int[entity]
 
     def keys(self, entity: str, keys: Sequence[Any]) -> list[bytes]:
         """Hash keys of many entity keys, in order."""
@@ -168,6 +177,24 @@ def place(
     if ref.ttl_ns is not None:
         old = idx[ages > ref.ttl_ns]
         if len(old):
+            rows.values[old, lo:hi] = ref.default
+            rows.flags[old, j] |= _EXPIRED
+
+
+def place_records(
+    rows: Rows, ref: ViewRef, j: int, written: np.ndarray, values: np.ndarray, start: int, now_wall_ns: int
+) -> None:
+    """View ``j``'s values for rows ``start..start+len(written)``, every one present (write times
+    ``written``, float32 ``values`` of shape (n, width), strided views are fine): vectorised."""
+    stop = start + len(written)
+    ages = now_wall_ns - written
+    lo, hi = ref.lo, ref.hi
+    rows.values[start:stop, lo:hi] = values
+    rows.ages_ns[start:stop, j] = ages
+    if ref.ttl_ns is not None:
+        old = np.flatnonzero(ages > ref.ttl_ns)
+        if len(old):
+            old += start
             rows.values[old, lo:hi] = ref.default
             rows.flags[old, j] |= _EXPIRED
 

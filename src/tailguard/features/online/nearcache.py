@@ -56,14 +56,17 @@ Value = tuple[np.ndarray | None, int]
 
 
 class CacheEntry:
-    """One entity's cached views (written under the cache's lock, read without it)."""
+    """One entity's cached views (made under the cache's lock, never changed after; read without it)."""
 
-    __slots__ = ("filled_ns", "ref", "values")
+    __slots__ = ("filled_ns", "memo", "ref", "values")
 
     def __init__(self, values: dict[bytes, Value], filled_ns: int) -> None:
         self.values = values
         self.filled_ns = filled_ns
         self.ref = False
+        #: The reading thread's precomputed hit for one view set (``cached.CacheFront``); entries are
+        #: replaced, never changed, so it stays valid for the entry's life.
+        self.memo: Any = None
 
 
 class NearCache:

@@ -3,10 +3,11 @@
 Layout and value format are in ``codec``.  A read of one entity is one ``HMGET`` of the view
 set's fields; a read of N entities is one pipeline of N ``HMGET`` (no MULTI: one write of all
 commands, one read of all replies), sent on the read path's own wire (``wire``: redis-py's
-pipeline costs ~20 µs per command in Python) over a connection per reading thread.  A write
-is one pipeline of ``HSET`` plus, unless disabled, one ``PUBLISH`` of the changed keys on the
-service's invalidation channel (the near-cache's pub/sub mode listens to it; client tracking
-needs nothing from writers).
+pipeline costs ~20 µs per command in Python) over a connection per reading thread.  Replies
+in which every value is present are decoded per view in one numpy step (``replies``),
+others value by value (``codec.place``).  A write is one pipeline of ``HSET`` plus, unless
+disabled, one ``PUBLISH`` of the changed keys on the service's invalidation channel (the
+near-cache's pub/sub mode listens to it; client tracking needs nothing from writers).
 
 Errors: redis-py's ``TimeoutError`` and ``ConnectionError`` become ``FeatureStoreUnavailable``
 (reason ``"timeout"`` / ``"unreachable"``), any other redis-py error ``FeatureStoreError``,
@@ -33,16 +34,23 @@ from redis.retry import Retry
 
 from tailguard.clock import Clock, MonotonicClock
 from tailguard.errors import ValidationError
-from tailguard.features.online.codec import KeyLayout, encode_invalidation, encode_values, place
+from tailguard.features.online.codec import (
+    KeyLayout,
+    encode_invalidation,
+    encode_values,
+    place,
+    place_records,
+)
 from tailguard.features.online.errors import FeatureStoreError, FeatureStoreUnavailable
 from tailguard.features.online.protocol import Rows, ViewSet, field_name
-from tailguard.features.online.wire import WireConnection, hmget_head
+from tailguard.features.online.replies import Fetched, Replies, ReplyShape, reply_shape
+from tailguard.features.online.wire import HmgetRequest, WireConnection
 from tailguard.features.view import FeatureView
 from tailguard.spec import EntitySpec
 
 __all__ = ["RedisOnlineStore", "translate_error"]
 
-Replies = list[list[bytes | None]]
+_INTS = {int}
 
 
 def translate_error(exc: BaseException, what: str) -> FeatureStoreError:
@@ -71,6 +79,9 @@ class StoreCore:
         self._views = {n: v for n, v in views.items() if not v.is_request}
         self._clock: Clock = clock or MonotonicClock()
         self.publish_invalidations = publish_invalidations
+        self._plans: dict[tuple[bytes, ...], tuple[HmgetRequest, ReplyShape]] = {}
+        #: Address and credentials of the store's server (its client's pool's; set by the subclass).
+        self.conn_kwargs: dict[str, Any] = {}
         self.reads = 0  # round trips to read
         self.keys_read = 0  # entity keys read from the store
         self.writes = 0  # entity values written
@@ -80,9 +91,34 @@ class StoreCore:
         """The hash keys of ``keys`` for the view set's entity."""
         return self.layout.keys(views.entity, keys)
 
-    def decode(self, views: ViewSet, replies: Replies, rows: Rows, start: int = 0) -> None:
-        """Place raw ``HMGET`` replies (one list per key, ``ViewSet`` order) into ``rows``."""
+    def read_plan(self, views: ViewSet) -> tuple[HmgetRequest, ReplyShape]:
+        """The view set's command builder and regular reply shape (made once per view set)."""
+        p = self._plans.get(views.fields)
+        if p is None:
+            p = self._plans[views.fields] = (
+                HmgetRequest(views.fields, self.layout.tag(views.entity)),
+                reply_shape(tuple(r.width for r in views.views)),
+            )
+        return p
+
+    def pack_keys(self, views: ViewSet, keys: Sequence[Any]) -> bytes:
+        """The ``HMGET`` batch for entity keys (validated as ``hash_keys`` does)."""
+        req = self.read_plan(views)[0]
+        if self.layout.int_keys(views.entity) and set(map(type, keys)) == _INTS:
+            return req.pack_ints(keys)
+        return req.pack(self.layout.keys(views.entity, keys))
+
+    def decode(self, views: ViewSet, replies: Replies | Fetched, rows: Rows, start: int = 0) -> None:
+        """Place fetched replies (a ``Fetched``, or one list per key in ``ViewSet`` order) into ``rows``."""
         now = self._clock.wall_ns()
+        if isinstance(replies, Fetched):
+            rec = replies.records
+            if rec is not None:  # the regular case: every value present, decoded per view in one step
+                for j, (ref, (w, v)) in enumerate(zip(views.views, replies.shape.names, strict=True)):
+                    place_records(rows, ref, j, rec[w], rec[v], start, now)
+                return
+            assert replies.replies is not None
+            replies = replies.replies
         if len(replies) == 1:
             reply = replies[0]
             for j, ref in enumerate(views.views):
@@ -110,6 +146,24 @@ class StoreCore:
         assert v.spec.entity is not None
         hkeys = self.layout.keys(v.spec.entity, keys)
         return hkeys, field_name(v.name, v.version), encode_values(arr, self._clock.wall_ns(), event_ns)
+
+    def queue_write(
+        self,
+        pipe: Any,
+        view: str | FeatureView,
+        keys: Sequence[Any],
+        values: np.ndarray,
+        event_ns: np.ndarray | int | None,
+    ) -> int:
+        """Validate and encode a write into a (sync or asyncio) redis-py pipeline: one ``HSET`` per
+        key, then the invalidation ``PUBLISH`` unless publishing is off.  Returns the keys queued."""
+        hkeys, fld, payloads = self.write_plan(view, keys, values, event_ns)
+        for k, p in zip(hkeys, payloads, strict=True):
+            pipe.hset(k, fld, p)
+        inv = self.invalidation(hkeys) if hkeys else None
+        if inv is not None:
+            pipe.publish(self.layout.channel, inv)
+        return len(hkeys)
 
     def invalidation(self, hkeys: Sequence[bytes]) -> bytes | None:
         """The payload to publish after a write, or None when publishing is off."""
@@ -162,24 +216,27 @@ class RedisOnlineStore(StoreCore):
         )
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._conn_kwargs = dict(self.client.connection_pool.connection_kwargs)
+        self.conn_kwargs = dict(self.client.connection_pool.connection_kwargs)
         self._local = threading.local()
         self._wires: list[WireConnection] = []
-        self._heads: dict[tuple[bytes, ...], tuple[bytes, bytes]] = {}
 
     # -- reads -------------------------------------------------------------------------
-    def fetch(self, views: ViewSet, hkeys: Sequence[bytes]) -> Replies:
-        """Raw ``HMGET`` replies for hash keys: one round trip whatever their number."""
+    def _wire(self) -> WireConnection:
         wire: WireConnection | None = getattr(self._local, "wire", None)
         if wire is None:
-            wire = WireConnection(self._conn_kwargs, self._timeout_s, self._connect_timeout_s)
+            wire = WireConnection(self.conn_kwargs, self._timeout_s, self._connect_timeout_s)
             self._local.wire = wire
             self._wires.append(wire)
-        head, tail = self._heads.get(views.fields) or self._head(views)
+        return wire
+
+    def send(self, views: ViewSet, payload: bytes, n: int) -> Fetched:
+        """Send a packed batch of ``n`` HMGET commands of ``views`` and read the replies (one round trip)."""
+        wire = self._wire()
+        shape = self.read_plan(views)[1]
         self.reads += 1
-        self.keys_read += len(hkeys)
+        self.keys_read += n
         try:
-            return wire.hmget(hkeys, head, tail, len(views.fields))
+            return wire.read(payload, shape, n)
         except FeatureStoreError:
             self.errors += 1
             raise
@@ -187,16 +244,19 @@ class RedisOnlineStore(StoreCore):
             self.errors += 1
             raise translate_error(exc, "read") from exc
 
-    def _head(self, views: ViewSet) -> tuple[bytes, bytes]:
-        pieces = self._heads[views.fields] = hmget_head(views.fields)
-        return pieces
+    def fetch_values(self, views: ViewSet, hkeys: Sequence[bytes]) -> Fetched:
+        """The replies for hash keys, as read (regular replies stay one numpy block)."""
+        return self.send(views, self.read_plan(views)[0].pack(hkeys), len(hkeys))
+
+    def fetch(self, views: ViewSet, hkeys: Sequence[bytes]) -> Replies:
+        """Raw ``HMGET`` replies for hash keys (one list per key): one round trip whatever their number."""
+        return self.fetch_values(views, hkeys).lists()
 
     def read(self, views: ViewSet, key: Any, out: Rows | None = None) -> Rows:
         """One entity's values of ``views``: one ``HMGET``."""
         rows = out if out is not None else Rows.for_views(views)
         rows.reset(1)
-        replies = self.fetch(views, [self.layout.key(views.entity, key)])
-        self.decode(views, replies, rows)
+        self.decode(views, self.send(views, self.pack_keys(views, (key,)), 1), rows)
         return rows
 
     def read_many(self, views: ViewSet, keys: Sequence[Any], out: Rows | None = None) -> Rows:
@@ -204,8 +264,7 @@ class RedisOnlineStore(StoreCore):
         rows = out if out is not None else Rows.for_views(views, max(len(keys), 1))
         rows.reset(len(keys))
         if keys:
-            replies = self.fetch(views, self.hash_keys(views, keys))
-            self.decode(views, replies, rows)
+            self.decode(views, self.send(views, self.pack_keys(views, keys), len(keys)), rows)
         return rows
 
     # -- writes ------------------------------------------------------------------------
@@ -227,21 +286,16 @@ class RedisOnlineStore(StoreCore):
         event_ns: np.ndarray | int | None = None,
     ) -> None:
         """Write many entities' rows of ``view`` in one pipelined round trip (then publish)."""
-        hkeys, fld, payloads = self.write_plan(view, keys, values, event_ns)
-        if not hkeys:
-            return
         pipe = self.client.pipeline(transaction=False)
-        for k, p in zip(hkeys, payloads, strict=True):
-            pipe.hset(k, fld, p)
-        inv = self.invalidation(hkeys)
-        if inv is not None:
-            pipe.publish(self.layout.channel, inv)
+        n = self.queue_write(pipe, view, keys, values, event_ns)
+        if not n:
+            return
         try:
             pipe.execute()
         except redis.exceptions.RedisError as exc:
             self.errors += 1
             raise translate_error(exc, "write") from exc
-        self.writes += len(hkeys)
+        self.writes += n
 
     # -- lifecycle ---------------------------------------------------------------------
     def ping(self) -> None:

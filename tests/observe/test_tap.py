@@ -1,0 +1,104 @@
+"""The decision tap: one reply-path copy of each decision, read by several side tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+from toyservice import CTX, feed
+
+from tailguard import Service
+from tailguard.features.store import NEVER
+from tailguard.observe.tap import DecisionTap
+from tailguard.testing import FakeClock
+
+KEYS = [f"k{i}" for i in range(5)]
+
+
+def test_a_decision_is_kept_with_its_feature_row_write_times_and_times(service: Service,
+                                                                        clock: FakeClock) -> None:
+    feed(service, "a")
+    tap = DecisionTap(service.engine, 8, wall_clock=lambda: 1_700_000_000_000_000_000)
+    service.engine.set_hooks([tap])
+    clock.advance(2.0)
+    d = service.engine.predict("a", CTX)
+    i = 0
+    assert tap.items[i] is d and tap.batch_rows[i] == 0
+    assert np.array_equal(tap.row_features(i)[0], service.engine.last_features(1)[0])
+    assert np.array_equal(tap.row_written(i)[0], service.engine.last_written_ns(1)[0])
+    assert tap.row_written(i)[0, 0] != NEVER  # "a" was written by feed()
+    assert tap.walls[i] == 1_700_000_000_000_000_000 and tap.monos[i] == clock.now_ns()
+    assert tap.filled[i] == service.engine.assembler.filled_ns
+
+
+def test_a_batch_keeps_copies_of_all_its_rows(service: Service) -> None:
+    tap = DecisionTap(service.engine, 8)
+    service.engine.set_hooks([tap])
+    bd = service.engine.predict_batch(KEYS, CTX)
+    rows = service.engine.last_features(len(KEYS)).copy()
+    service.engine.predict("zz", CTX)  # overwrites the engine's buffer
+    assert tap.batch_rows[0] == len(KEYS) and tap.items[0] is bd
+    assert np.array_equal(tap.row_features(0), rows)
+    assert tap.row_written(0).shape == (len(KEYS), tap.n_views)
+    assert not tap.run_of_singles(0, 2) and tap.run_of_singles(1, 2)
+
+
+def test_each_reader_takes_every_decision_once_and_the_slowest_holds_entries(service: Service) -> None:
+    tap = DecisionTap(service.engine, 4)
+    service.engine.set_hooks([tap])
+    fast, slow = tap.reader(), tap.reader()
+    for k in KEYS[:4]:
+        service.engine.predict(k, CTX)
+    assert (fast.pending(), slow.pending(), tap.backlog()) == (4, 4, 4)
+    fast.advance(tap.head)
+    assert (fast.pending(), tap.backlog()) == (0, 4)
+    assert all(item is not None for item in tap.items)  # the slow reader still needs them
+    service.engine.predict("k9", CTX)  # full for the slow reader: not kept
+    assert (tap.dropped, tap.head, slow.missed(), fast.missed()) == (1, 4, 1, 1)
+    assert slow.missed() == 0  # reported once
+    slow.advance(tap.head)
+    assert tap.items == [None] * 4  # every reader passed them: freed
+    service.engine.predict("k8", CTX)
+    assert tap.head == 5 and fast.pending() == slow.pending() == 1
+
+
+def test_a_removed_reader_no_longer_holds_the_tap_back(service: Service) -> None:
+    tap = DecisionTap(service.engine, 2)
+    service.engine.set_hooks([tap])
+    gone, kept = tap.reader(), tap.reader()
+    for k in KEYS[:2]:
+        service.engine.predict(k, CTX)
+    kept.advance(tap.head)
+    tap.remove(gone)
+    service.engine.predict("k3", CTX)
+    assert (tap.dropped, kept.pending()) == (0, 1)
+
+
+def test_attached_tasks_share_one_tap_hook_and_the_backlog_counts_it(service: Service, tmp_path) -> None:
+    from tailguard.audit.log import AuditLog
+
+    hooks = len(service.engine.hooks)
+    a = AuditLog.for_service(service, tmp_path / "a", bytes(32))
+    b = AuditLog.for_service(service, tmp_path / "b", bytes(32))
+    service.attach(a)
+    service.attach(b)
+    assert len(service.engine.hooks) == hooks + 1 and service.engine.hooks[-1] is service.decision_tap()
+    for k in KEYS:
+        service.engine.predict(k, CTX)
+    assert service.side_backlog() == len(KEYS) and (a.pending, b.pending) == (5, 5)
+    a.drain()
+    assert service.side_backlog() == len(KEYS)  # b has not taken them yet
+    b.drain()
+    assert service.side_backlog() == 0 and (a.written, b.written) == (5, 5)
+
+
+def test_rows_after_a_failed_oversized_batch_are_the_engines_new_buffers(service: Service) -> None:
+    import pytest
+
+    from tailguard.errors import ValidationError
+
+    tap = DecisionTap(service.engine, 8)
+    service.engine.set_hooks([tap])
+    big = [f"k{i}" for i in range(service.engine.last_features(1).base.shape[0] + 1)]
+    with pytest.raises(ValidationError):  # the buffers grow, then the context is refused
+        service.engine.predict_batch(big, {"price": [1.0, 2.0], "size": 3.0})
+    service.engine.predict("k1", CTX)
+    assert np.array_equal(tap.row_features(0)[0], service.engine.last_features(1)[0])
