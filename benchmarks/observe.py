@@ -4,17 +4,21 @@ What it measures, in one run, on the trading example (temporary copies of ``exam
 one with ``[drift] enabled = true``, one with it off; models and drift reference trained there
 when the example's own are missing or stale):
 
-1. In process, open loop.  Copies of the service in this process, fed the same ticks:
-   ``off`` (``load_service(record_latency=False)``, nothing attached) and ``on`` (the latency
-   recorder hook, an ``AuditLog`` with the default 50 ms batched fsync, the ``DriftMonitor`` of
-   its ``[drift]`` section and a ``DashboardSampler``, all ``Service.attach``-ed, plus a
-   Prometheus ``render`` every ``--scrape-s`` as a scrape would).  Each runs
+1. In process, open loop.  One service instance (the copy with ``[drift]``), its side paths
+   switched per series at the start of each block (``Config``): ``off`` (no hook, no side
+   task) and ``on`` (the latency recorder hook, one ``DecisionTap`` read by an ``AuditLog``
+   with the default 50 ms batched fsync and the ``DriftMonitor`` of its ``[drift]`` section,
+   and a ``DashboardSampler``, plus a Prometheus ``render`` every ``--scrape-s`` as a scrape
+   would).  One instance, not copies: copies differ in memory layout, which moves a cold
+   call's p50 by a few µs between them.  Each series runs
    ``engine.predict(symbol, quote, priority="critical")`` at a fixed rate (``--rate``), in
-   interleaved blocks (order rotated per round); between requests its side path runs as the
-   server runs it: ``run_side_path(50 us)`` when its 10 ms timer is due, before the next
-   request (which then waits: that wait is part of the cost), with the server's side-path GC
-   (``SidePathGC``).  Latency runs from each request's intended time to its answer; ``call``
-   is the predict call alone; each side-path tick is timed too.  Four more series, each with
+   interleaved blocks (order rotated per round); its side path runs as the server runs it:
+   a slice of ``run_side_path(--side-slice-us)`` right after a reply once 32 decisions wait
+   (``Service.side_backlog``), and on the 10 ms timer ``run_side_path(50 us)`` when no slice
+   ran in the last 50 ms, always with the server's side-path GC (``SidePathGC``); a request
+   due during a slice or a tick waits for it (that wait is part of the cost).  Latency runs
+   from each request's intended time to its answer; ``call`` is the predict call alone; each
+   side-path tick and slice is timed too.  Four more series, each with
    one side path alone (``metrics``, ``audit``, ``drift``, ``dashboard``), say where the cost
    comes from (``--no-breakdown`` skips them).
 2. Through the server (``tailguard serve``, 1 worker, binary protocol), when not skipped:
@@ -66,6 +70,7 @@ import tailguard  # noqa: E402
 SIDE_INTERVAL_NS = 10_000_000  # the server's side-path timer (ServeConfig.side_path_interval_s)
 SIDE_BUDGET_S = 50e-6  # and its budget per tick (ServeConfig.side_path_budget_s)
 SLICE_MIN_BACKLOG = 32  # a slice after a reply once this many decisions wait (ServeConfig.side_slice_backlog)
+SLICE_RECENT_NS = 50_000_000  # the timer skips side-path work when a slice ran this recently
 TICKS_PER_BLOCK = 16  # applied between blocks, as a live feed would (keeps features fresh)
 TARGETS = (
     # (name, limit, "<=" or ">=", description)
@@ -121,11 +126,13 @@ class Side:
     none).  Each tick's and slice's duration is kept: a request due during one waits for it."""
 
     def __init__(self, svc: Any, gc_tick: Any, scrape_ns: int, max_ticks: int, slice_s: float = 0.0,
-                 max_slices: int = 0) -> None:
+                 max_slices: int = 0, config: Config | None = None) -> None:
         self.svc = svc
+        self.config = config
         self.slice_s = slice_s
         self.slices = 0
         self.slice_ns = np.zeros(max_slices if slice_s else 0, dtype=np.int64)
+        self.last_slice_ns = 0
         self.gc_tick = gc_tick
         self.due = time.perf_counter_ns() + SIDE_INTERVAL_NS
         self.scrape_ns = scrape_ns
@@ -134,7 +141,10 @@ class Side:
         self.tick_ns = np.zeros(max_ticks, dtype=np.int64)
 
     def tick(self, now: int) -> None:
-        self.items += self.svc.run_side_path(SIDE_BUDGET_S)
+        # As the server's timer: its side-path work only when no idle slice ran lately (the
+        # slices keep up under steady traffic; the timer is the fallback), the GC tick always.
+        if not self.slice_s or now - self.last_slice_ns >= SLICE_RECENT_NS:
+            self.items += self.svc.run_side_path(SIDE_BUDGET_S)
         self.gc_tick()
         if self.scrape_due and now >= self.scrape_due:
             from tailguard.observe.prometheus import render
@@ -153,7 +163,7 @@ class Side:
         reached ``SLICE_MIN_BACKLOG`` decisions (``Service.side_backlog``), as the server does."""
         if self.svc.side_backlog() < SLICE_MIN_BACKLOG:
             return
-        t0 = time.perf_counter_ns()
+        t0 = self.last_slice_ns = time.perf_counter_ns()
         self.items += self.svc.run_side_path(self.slice_s)
         if self.slices < len(self.slice_ns):
             self.slice_ns[self.slices] = time.perf_counter_ns() - t0
@@ -165,6 +175,8 @@ def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np
     """``len(offsets)`` requests at their intended times (from now + 1 ms); latency from the
     intended time, service time of the call alone.  Returns decisions not from the primary."""
     pc = time.perf_counter_ns
+    if side.config is not None:
+        side.config.activate(side.svc)
     predict = side.svc.engine.predict
     base = pc() + 1_000_000
     odd = 0
@@ -198,26 +210,51 @@ def pcts(ns: np.ndarray) -> dict[str, float]:
             "mean": float(us.mean())}
 
 
-def build_series(name: str, plain: Path, drift: Path, workdir: Path) -> tuple[Any, dict[str, Any]]:
-    """The service of series ``name`` and the side tasks attached to it."""
+class Config:
+    """One series' side paths on the shared service: its engine hooks, side tasks, decision tap
+    and latency recorder, installed by ``activate`` at the start of each of its blocks."""
+
+    def __init__(self, hooks: list[Any], tasks: dict[str, Any], tap: Any, latency: Any) -> None:
+        self.hooks, self.tasks, self.tap, self.latency = hooks, tasks, tap, latency
+
+    def activate(self, svc: Any) -> None:
+        svc.engine.set_hooks(self.hooks)
+        svc.side_tasks = list(self.tasks.values())
+        svc._tap = self.tap
+        svc.latency = self.latency
+
+
+def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, dict[str, Config]]:
+    """One service (the copy with ``[drift]``) and each series' side paths on it: ``off`` has
+    none; ``on`` the latency recorder, a decision tap read by an ``AuditLog`` and the
+    ``DriftMonitor``, and a ``DashboardSampler``; the others one of those alone.  One instance
+    for every series: separate copies would differ in memory layout, which moves a cold call's
+    p50 by a few µs from one copy to the next (more than the side paths cost)."""
     from tailguard.audit.log import AuditLog, new_key
     from tailguard.observe.dashboard import DashboardSampler
     from tailguard.observe.drift import DriftMonitor
+    from tailguard.observe.tap import DecisionTap
 
-    on = name == "on"
-    svc = tailguard.load_service(drift if on or name == "drift" else plain,
-                                 record_latency=on or name == "metrics")
-    tasks: dict[str, Any] = {}
-    if on or name == "audit":
-        key = new_key(workdir / f"{name}.key")
-        tasks["audit"] = AuditLog.for_service(svc, workdir / f"audit-{name}", key)
-    if on or name == "drift":
-        tasks["drift"] = DriftMonitor.from_spec(svc)
-    if on or name == "dashboard":
-        tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300)
-    for task in tasks.values():
-        svc.attach(task)
-    return svc, tasks
+    svc = tailguard.load_service(drift, record_latency=True)
+    latency = svc.latency
+    configs: dict[str, Config] = {}
+    for name in names:
+        on = name == "on"
+        with_latency = on or name == "metrics"
+        tap = DecisionTap(svc.engine, 1 << 16) if on or name in ("audit", "drift") else None
+        svc.latency = latency if with_latency else None  # what a sampler built now will read
+        tasks: dict[str, Any] = {}
+        if on or name == "audit":
+            key = new_key(workdir / f"{name}.key")
+            tasks["audit"] = AuditLog.for_service(svc, workdir / f"audit-{name}", key, tap=tap)
+        if on or name == "drift":
+            tasks["drift"] = DriftMonitor.from_spec(svc)
+            tasks["drift"].bind_tap(tap)
+        if on or name == "dashboard":
+            tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300)
+        hooks = [h for h in (latency if with_latency else None, tap) if h is not None]
+        configs[name] = Config(hooks, tasks, tap, latency if with_latency else None)
+    return svc, configs
 
 
 def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
@@ -239,8 +276,8 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     from tailguard.serve.app import SidePathGC
 
     names = list(SERIES if not args.no_breakdown else SERIES[:2])
-    built = {name: build_series(name, plain, drift, workdir) for name in names}
-    services = [svc for svc, _ in built.values()]
+    svc, configs = build_configs(names, drift, workdir)
+    services = [svc]
     feed = Feed(args.seed)
     feed.apply(services, 5000)
     symbols = sorted(feed.quotes)
@@ -253,8 +290,8 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     scrape = round(args.scrape_s * 1e9)
     slice_s = args.side_slice_us / 1e6
     sides = {name: Side(svc, gc.tick, scrape if name in ("on", "metrics") else 0, max_ticks, slice_s,
-                        (args.rounds + 1) * block)
-             for name, (svc, _) in built.items()}
+                        (args.rounds + 1) * block, configs[name])
+             for name in names}
     n = block * args.rounds
     lat = {k: np.zeros(n, dtype=np.int64) for k in sides}
     svc_ns = {k: np.zeros(n, dtype=np.int64) for k in sides}
@@ -286,11 +323,13 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
         "side_slice_us": args.side_slice_us,
         "not_primary_or_flagged": odd,
         "side_ticks": {k: s.ticks for k, s in sides.items()}, "scrapes": sides["on"].scrapes,
-        "tasks": {name: task_stats(tasks) for name, (_, tasks) in built.items() if tasks},
-        "latency_recorder_dropped": {name: svc.latency.dropped for name, (svc, _) in built.items()
-                                     if svc.latency is not None},
+        "tasks": {name: task_stats(c.tasks) for name, c in configs.items() if c.tasks},
+        "latency_recorder_dropped": {name: c.latency.dropped for name, c in configs.items()
+                                     if c.latency is not None},
     }
-    for svc in services:
+    for c in configs.values():
+        c.activate(svc)
+        svc.run_side_path()
         svc.close()
     return out
 

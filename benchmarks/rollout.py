@@ -24,6 +24,19 @@ flagged MODEL_FAILED; fallbacks (a lower rung answered) are reported separately.
 ``--no-swap`` measures the same windows with no swap in them (a 50 ms pause of the second
 thread stands for one): on a shared machine the ratio's noise floor.
 
+Bad canary (``--canary-seconds``, 0 to skip).  Two more runs, each on a fresh copy of the
+service: a ``tailguard.rollout.Rollout`` deploys ``alpha`` version 2 next to version 1 and
+starts a canary at 5% of routing keys (10,000 simulated clients, ``route_key``) under guards
+(p99 decision latency SLO, error rate <= 1%, judged once a window holds 50 candidate
+decisions), attached to the service so its controller runs in the owner's idle gaps.  The
+candidate is bad: **slow** — every call spins until it has taken 5x the stable version's
+mean time — or **erroring** — every call raises.  The SLO is the stable version's calm p99
+decision time (measured first, 1 s) plus twice its mean inference time, so the slow
+candidate's extra 4x inference breaks it.  ``bad_canary_rollback_s``: the worse of the two
+times from activation to the automatic rollback (engine clock); ``bad_canary_affected_fraction``:
+the worse of the two shares of decisions answered by the candidate among all decisions in
+the ``--canary-seconds`` window after activation (the issue's target: within 10 s, < 1%).
+
 Run: ``.venv/bin/python benchmarks/rollout.py`` (a table), ``--json`` (table to stderr, the
 last stdout line is one JSON object).  Targets are printed as PASS/FAIL lines; they never
 change the exit status.
@@ -51,7 +64,9 @@ from tailguard.bench.openloop import Pacer, fixed_rate
 from tailguard.decision import Flag
 from tailguard.models.manifest import read_manifest, write_manifest
 from tailguard.registry.owner import OwnerInbox
-from tailguard.registry.swap import SwapReport, swap_model
+from tailguard.registry.swap import SwapReport, prepare_swap, swap_model
+from tailguard.rollout import EventKind, Guards, Rollout, RolloutPlan, Stage, StageKind
+from tailguard.testing import FailingRuntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.example import SERVICE_DIR, ensure_models, example_module
@@ -61,6 +76,8 @@ TARGETS = (
     # (name, limit, description)
     ("swap_failed_requests", 0, "no decision fails across a swap"),
     ("swap_p999_over_calm_p999", 1.5, "p99.9 in swap windows <= 1.5 x calm p99.9"),
+    ("bad_canary_rollback_s", 10.0, "a slow or erroring canary is rolled back within 10 s"),
+    ("bad_canary_affected_fraction", 0.01, "... with < 1% of requests affected"),
 )
 
 
@@ -225,6 +242,95 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class SpinRuntime:
+    """Delegates to ``inner``, then spins until the call has taken ``total_ns``: a model that
+    is slower in real CPU time (not a sleep: the owner thread is busy, as with a slow model)."""
+
+    def __init__(self, inner: Any, total_ns: int) -> None:
+        self.inner = inner
+        self.total_ns = total_ns
+        self.kind = f"spin({inner.kind})"
+        self.n_inputs = inner.n_inputs
+        self.n_outputs = inner.n_outputs
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The inner model's answer, no sooner than ``total_ns`` after the call."""
+        end = time.perf_counter_ns() + self.total_ns
+        y = self.inner.run(x)
+        while time.perf_counter_ns() < end:
+            pass
+        return y
+
+
+def bad_canary(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """One bad-canary run (``kind``: "slow" or "error"); see the module docstring."""
+    workdir = Path(tempfile.mkdtemp(prefix="tailguard-canary-"))
+    try:
+        service_dir = prepare_copy(workdir)
+        svc = tailguard.load_service(service_dir)
+        add_version_2(service_dir)
+        quotes = quotes_from_history(svc, args.history, args.seed)
+        symbols = sorted(quotes)
+        engine = svc.engine
+        clients = 10_000
+        now = time.perf_counter_ns
+        pacer = Pacer(lambda budget_s: svc.run_side_path(budget_s))
+        tailguard.tune_gc()
+        # Calm: the stable version's decision times, to set the SLO from.
+        n_calm = int(args.rate)
+        start = now() + 20_000_000
+        calm = np.zeros(n_calm, dtype=np.int64)
+        for i, t in enumerate(fixed_rate(start, args.rate, n_calm)):
+            pacer.wait_until(int(t))
+            sym = symbols[i % len(symbols)]
+            calm[i] = engine.predict(sym, quotes[sym], priority="critical").timings_ns[4]
+        stable = svc.models[MODEL]
+        mean_ns = int(stable.service_time.mean_ns(1))
+        slo_s = (float(np.percentile(calm, 99)) + 2 * mean_ns) / 1e9
+        prepared = prepare_swap(svc, MODEL, "2")
+        prepared.warm.run_all()
+        cand = prepared.model
+        cand.runtime = (SpinRuntime(cand.runtime, 5 * mean_ns) if kind == "slow"
+                        else FailingRuntime(cand.runtime, "raise"))
+        guards = Guards(p99_latency_s=slo_s, max_error_rate=0.01, min_window_samples=50)
+        plan = RolloutPlan(model=MODEL, version="2", window_s=10.0, stages=(
+            Stage(kind=StageKind.CANARY, share=0.05, min_samples=10**9, guards=guards),
+            Stage(kind=StageKind.PROMOTE)))
+        rollout = Rollout(svc, plan, candidate=cand)
+        svc.attach(rollout)
+        n = int(args.canary_seconds * args.rate)
+        start = now() + 20_000_000
+        intended = fixed_rate(start, args.rate, n)
+        by_candidate = np.zeros(n, dtype=bool)
+        lat = np.zeros(n, dtype=np.int64)
+        pacer.wait_until(start)
+        started = now()
+        rollout.start()
+        label = f"{MODEL}/2"
+        for i in range(n):
+            pacer.wait_until(int(intended[i]))
+            sym = symbols[i % len(symbols)]
+            d = rollout.predict_routed(i % clients, sym, quotes[sym], priority="critical")
+            by_candidate[i] = d.model_version == label or bool(d.flags & int(Flag.MODEL_FAILED))
+            lat[i] = now() - int(intended[i])
+        back = [e for e in rollout.events if e.kind is EventKind.ROLLED_BACK]
+        svc.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "kind": kind,
+        "slo_us": slo_s * 1e6,
+        "stable_mean_inference_us": mean_ns / 1e3,
+        "rolled_back": bool(back),
+        "rollback_s": (back[0].at_ns - started) / 1e9 if back else float("nan"),
+        "reason": back[0].reason if back else "",
+        "decisions": n,
+        "affected": int(np.count_nonzero(by_candidate)),
+        "affected_fraction": float(np.count_nonzero(by_candidate)) / n if n else float("nan"),
+        "p99_us": pct(lat, 99),
+    }
+
+
 def print_table(s: dict[str, Any], out: Any) -> None:
     """The human-readable summary."""
     print(f"rollout: {s['decisions']} decisions at {s['rate_hz']:.0f}/s, {s['swaps']} hot swaps "
@@ -241,7 +347,13 @@ def print_table(s: dict[str, Any], out: Any) -> None:
               f"p99.9 {part['p999_us']:8.1f}  max {part['max_us']:9.1f}", file=out)
     print(f"failed in swap windows: {s['swap_failed_requests']}  fallbacks: swap={s['swap_fallbacks']} "
           f"calm={s['calm_fallbacks']}  p99.9 swap/calm: {s['swap_p999_over_calm_p999']:.2f}", file=out)
+    for c in s.get("bad_canaries", []):
+        print(f"bad canary ({c['kind']}): rolled back after {c['rollback_s']:.3f} s, {c['affected']} of "
+              f"{c['decisions']} decisions affected ({c['affected_fraction']:.3%}); "
+              f"SLO {c['slo_us']:.1f} us; reason: {c['reason']}", file=out)
     for name, limit, text in TARGETS:
+        if name not in s:
+            continue
         ok = s[name] <= limit
         print(f"{'PASS' if ok else 'FAIL'}  {text} (measured {s[name]:.4g})", file=out)
 
@@ -258,10 +370,19 @@ def main() -> None:
     ap.add_argument("--history", type=float, default=60.0, help="ticks replayed first, s (default 60)")
     ap.add_argument("--no-swap", action="store_true",
                     help="baseline: the same windows without swapping (what noise alone gives)")
+    ap.add_argument("--canary-seconds", type=float, default=10.0,
+                    help="each bad-canary run, s (default 10; 0 skips them)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="table to stderr, one JSON object on stdout")
     args = ap.parse_args()
     summary = run(args)
+    if args.canary_seconds > 0:
+        runs = [bad_canary(args, kind) for kind in ("slow", "error")]
+        summary["bad_canaries"] = runs
+        # A canary never rolled back counts as never (inf), not as fast.
+        summary["bad_canary_rollback_s"] = max(c["rollback_s"] if c["rolled_back"] else float("inf")
+                                               for c in runs)
+        summary["bad_canary_affected_fraction"] = max(c["affected_fraction"] for c in runs)
     print_table(summary, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(summary), flush=True)

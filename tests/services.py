@@ -15,9 +15,13 @@ import socket
 import subprocess
 import sysconfig
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tailguard.features.online.server import LocalRedis, free_port
 
 __all__ = [
     "NatsServer",
@@ -26,6 +30,8 @@ __all__ = [
     "nats_server_binary",
     "require_binary",
     "require_nats_server",
+    "running_nats",
+    "running_redis",
 ]
 
 
@@ -40,64 +46,11 @@ def require_binary(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class RedisServer(LocalRedis):
+    """One ``redis-server`` child process on 127.0.0.1; ``stop``/``start`` keep the port.
 
-
-class RedisServer:
-    """One ``redis-server`` child process on 127.0.0.1; ``stop``/``start`` keep the port."""
-
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        """Start the server and wait until it answers PING (a readiness poll, not a test sleep)."""
-        assert self.proc is None, "already running"
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout_s
-        while not self._answers_ping():
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                raise RuntimeError(f"redis-server exited with {code} (port {self.port} taken?)")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not answer PING in {timeout_s} s")
-            time.sleep(0.01)  # readiness poll of a child process, not a race in the code under test
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: no goodbye to clients, as in a crash) and reap it."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def restart(self) -> None:
-        """Kill and start again on the same port (empty: no persistence)."""
-        self.stop()
-        self.start()
-
-    def _answers_ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+    The library's ``LocalRedis`` under the name the tests use: no persistence, ``SIGKILL`` on
+    ``stop`` (no goodbye to clients, as in a crash), ``start`` waits until it answers PING."""
 
 
 def require_nats_server() -> str:
@@ -148,3 +101,22 @@ class NatsServer:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` in ``workdir`` (skipped as ``require_binary`` says when
+    redis-server is missing), killed on exit: the body of a fixture that yields it."""
+    with RedisServer(require_binary("redis-server"), workdir) as server:
+        yield server
+
+
+@contextmanager
+def running_nats(store: Path) -> Iterator[NatsServer]:
+    """A started ``NatsServer`` with its JetStream store in ``store`` (skipped as
+    ``require_nats_server`` says when missing), killed on exit."""
+    server = NatsServer(require_nats_server(), store)
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -15,7 +15,6 @@ Run: ``python examples/gaming/run.py [--requests 10000] [--seconds 20] [--json]`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,24 +29,13 @@ if str(HERE) not in sys.path:
 import train as training  # noqa: E402
 from events import HOUR, START_NS, generate, make_world  # noqa: E402
 
-from tailguard.decision import STAGES, Flag  # noqa: E402
+from tailguard.bench import report as reporting  # noqa: E402
+from tailguard.decision import Flag  # noqa: E402
+from tailguard.models.training import ensure_trained  # noqa: E402
 from tailguard.observe.quality import auc  # noqa: E402
 from tailguard.service import Service, load_service  # noqa: E402
 
 UNKNOWN_RATE = 0.01
-
-
-def prepare(service_dir: Path, log: Any = print, **train_kwargs: Any) -> dict[str, Any]:
-    """Train the models if they are missing or pin stale feature versions."""
-    if training.up_to_date(service_dir):
-        return {}
-    log("training models (artifacts missing or feature versions changed) ...")
-    metrics: dict[str, Any] = training.train(service_dir, log=log, **train_kwargs)
-    return metrics
-
-
-def _latency(snap: dict[str, Any]) -> dict[str, dict[str, float]]:
-    return {s: {k: round(snap[s][k], 1) for k in ("p50_us", "p99_us", "p999_us", "max_us")} for s in snap}
 
 
 def run(
@@ -61,9 +49,11 @@ def run(
     freeze_gc: bool = True,
     train_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Prepare, load, replay, serve; returns the report as a dict (see the module doc)."""
+    """Train if needed, load, replay the history, then serve every match end's players and
+    lobby; returns the report as a dict (see the module doc)."""
     service_dir = Path(service_dir).resolve()
-    train_metrics = prepare(service_dir, log, **(train_kwargs or {}))
+    train_metrics = ensure_trained(service_dir, training.up_to_date, training.train, log,
+                                   **(train_kwargs or {}))
     svc: Service = load_service(service_dir, freeze_gc=freeze_gc)
     world = make_world(seed=training.WORLD_SEED)
     history = generate(world, history_matches, seed=seed, start_ns=START_NS + 24 * HOUR)
@@ -82,10 +72,7 @@ def run(
     log(f"replayed {j} events ({first_live // 10} matches of history) into the store in "
         f"{time.perf_counter() - t0:.1f}s; serving up to {requests} player decisions live")
     rng = np.random.default_rng(seed)
-    svc.engine.run_side_path()
-    if svc.latency is not None:
-        svc.latency.reset()
-    svc.engine.reset_statistics()
+    reporting.start_measuring(svc)
     predict, predict_batch = svc.engine.predict, svc.engine.predict_batch
     names = world.players
     scores: list[float] = []
@@ -132,17 +119,16 @@ def run(
     wall_s = time.perf_counter() - start
     svc.run_side_path()
     snap = svc.latency_snapshot()
-    budgets = svc.spec.budgets
     y = np.array(labels)
     return {
         "example": "gaming",
         "requests": done,
         "lobbies": lobbies,
         "wall_s": round(wall_s, 2),
-        "latency_us": _latency(snap.get("predict", {})),
-        "lobby_latency_us": _latency(snap.get("predict_batch", {})),
-        "budget_us": {s: round(getattr(budgets, s) * 1e6, 1) for s in STAGES},
-        "rungs": {n: int(c) for n, c in zip(svc.engine.rung_names, rungs.tolist(), strict=True)},
+        "latency_us": reporting.latency_us(snap.get("predict", {})),
+        "lobby_latency_us": reporting.latency_us(snap.get("predict_batch", {})),
+        "budget_us": reporting.budgets_us(svc.spec.budgets),
+        "rungs": reporting.rung_counts(svc.engine.rung_names, rungs),
         "deadline_missed": svc.engine.deadline_missed,
         "unknown_players": {"asked": unknown_asked, "flagged": unknown_flagged},
         "events_applied": svc.stream.statistics()["applied"],
@@ -158,14 +144,13 @@ def run(
 
 def format_report(r: dict[str, Any]) -> str:
     """The report as a small text table."""
-    lines = [f"{'stage':<12}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>10}{'budget':>9}   (us)"]
+    lines = [reporting.table_header(" (us)")]
     for title, key in (("per player (predict, critical)", "latency_us"),
                        ("per lobby of 10 (predict_batch, normal)", "lobby_latency_us")):
         lines.append(title)
         for s, row in r[key].items():
-            budget = f"{r['budget_us'][s]:>9.0f}" if key == "latency_us" else ""
-            lines.append(f"  {s:<10}{row['p50_us']:>9.1f}{row['p99_us']:>9.1f}{row['p999_us']:>9.1f}"
-                         f"{row['max_us']:>10.1f}{budget}")
+            budget = r["budget_us"][s] if key == "latency_us" else None
+            lines.append(reporting.table_row(f"  {s}", row, budget))
     lines.append("")
     lines.append("ladder answered: " + "  ".join(f"{k}={v}" for k, v in r["rungs"].items()))
     lines.append(f"decisions: {r['requests']} players + {r['lobbies']} lobbies in {r['wall_s']:.1f}s, "
@@ -188,13 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object (last line)")
     args = ap.parse_args(argv)
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run(HERE, requests=args.requests, seconds=args.seconds, history_matches=args.history_matches,
-                 seed=args.seed, log=log)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_report(report))
+                 seed=args.seed, log=reporting.report_log(args.json))
+    reporting.emit_report(report, args.json, format_report)
 
 
 if __name__ == "__main__":

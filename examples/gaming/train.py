@@ -18,7 +18,6 @@ Run: ``python examples/gaming/train.py [--force]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,8 @@ from tailguard.features.assembler import FeatureAssembler  # noqa: E402
 from tailguard.features.store import InMemoryOnlineStore  # noqa: E402
 from tailguard.features.stream import StreamProcessor  # noqa: E402
 from tailguard.features.view import compile_views  # noqa: E402
-from tailguard.models.repository import list_versions  # noqa: E402
 from tailguard.observe.quality import auc  # noqa: E402
+from tailguard.registry.catalog import live_feature_versions  # noqa: E402
 from tailguard.spec import load_spec  # noqa: E402
 
 WORLD_SEED = 1
@@ -97,54 +96,14 @@ def build_matrix(service_dir: Path, history: History) -> tuple[np.ndarray, np.nd
     return x, d.player.copy(), rp.columns
 
 
-def _fit(x: np.ndarray, y: np.ndarray, rounds: int, leaves: int, lr: float, min_leaf: int) -> Any:
-    import lightgbm as lgb
-
-    params = {
-        "objective": "binary",
-        "learning_rate": lr,
-        "num_leaves": leaves,
-        "min_data_in_leaf": min_leaf,
-        "feature_fraction": 0.9,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "seed": TRAIN_SEED,
-        "deterministic": True,
-        "num_threads": 1,  # 2 threads on a busy 2-core machine ran 6x slower (OpenMP spinning)
-        "verbose": -1,
-    }
-    return lgb.train(params, lgb.Dataset(x, y), num_boost_round=rounds)
-
-
-def live_versions(service_dir: Path) -> dict[str, str]:
-    """The live version of every feature view of the service directory."""
-    spec = load_spec(service_dir)
-    return {n: v.version for n, v in compile_views(spec.feature_views, str(service_dir)).items()}
-
-
 def up_to_date(service_dir: Path) -> bool:
     """True when both models exist and pin the live feature view versions (and the drift
     reference, when the spec enables drift, describes the latest primary)."""
-    from tailguard.models.manifest import read_manifest
-    from tailguard.observe.reference import DriftReferenceError, Reference
+    from tailguard.models.training import models_current
 
-    live = live_versions(service_dir)
-    root = service_dir / "models"
-    for name in MODELS:
-        versions = list_versions(root, name)
-        if not versions:
-            return False
-        m = read_manifest(root / name / versions[-1], verify=False)
-        if any(live.get(v) != ver for v, ver in m.feature_versions.items()):
-            return False
-    spec = load_spec(service_dir)
-    if not spec.drift.enabled:
-        return True
-    try:
-        meta = Reference.load(service_dir / spec.drift.reference).meta
-    except DriftReferenceError:
-        return False
-    return bool(meta.get("model") == f"{MODELS[0]}/{list_versions(root, MODELS[0])[-1]}")
+    drift = load_spec(service_dir).drift
+    return models_current(service_dir / "models", MODELS, live_feature_versions(service_dir),
+                          service_dir / drift.reference if drift.enabled else None)
 
 
 def train(
@@ -158,7 +117,7 @@ def train(
 ) -> dict[str, Any]:
     """Generate play, build the training set by replay, train, export; returns metrics.
     ``scale`` shrinks the tree counts (tests train tiny models with it)."""
-    from tailguard.models.export import export_lightgbm
+    from tailguard.models.training import TreeModel, train_and_export, write_service_reference
 
     t0 = time.perf_counter()
     world = make_world(seed=WORLD_SEED)
@@ -166,68 +125,35 @@ def train(
     x, player, names = build_matrix(service_dir, history)
     y = world.cheater[player].astype(np.int8)
     va = player % 5 == 0
-    tr = ~va
     log(f"training set: {len(y)} match-end decisions of {matches} matches replayed through the serving "
         f"transforms ({time.perf_counter() - t0:.1f}s), {y.mean():.1%} by cheaters")
-    live = live_versions(service_dir)
     metrics: dict[str, Any] = {
         "rows": len(y),
         # A trivial baseline: the kills per death of the match just played.
         "baseline_match_kd_auc": round(auc(y[va], x[va][:, names.index("match.kd")]), 4),
     }
-    root = service_dir / "models"
-    for name, inputs, rounds, leaves, lr, min_leaf in MODEL_PARAMS:
-        cols = names if inputs is None else inputs
-        rounds = max(5, int(rounds * scale))
-        idx = [names.index(c) for c in cols]
-        booster = _fit(x[tr][:, idx], y[tr], rounds, leaves, lr, min_leaf)
-        m_auc = auc(y[va], booster.predict(x[va][:, idx]))
-        versions = list_versions(root, name)
-        version = str(int(versions[-1]) + 1) if versions and versions[-1].isdigit() else "1"
-        export_lightgbm(
-            booster,
-            root,
-            name,
-            version,
-            inputs=cols,
-            outputs=("p_cheat",),
-            feature_versions={v: live[v] for v in sorted({c.split(".")[0] for c in cols})},
-            training={
-                "data": f"events.generate(make_world(seed={WORLD_SEED}), {matches}, seed={TRAIN_SEED})",
-                "label": "player cheats",
-                "rows_train": int(tr.sum()),
-                "rows_valid": int(va.sum()),
-                "valid_auc": round(m_auc, 4),
-                "trees": rounds,
-                "leaves": leaves,
-            },
-            compile_trees=compile_trees,
-        )
-        metrics[name] = {"version": version, "valid_auc": round(m_auc, 4)}
-        log(f"  {name} v{version}: {rounds} trees x {leaves} leaves on {len(cols)} features, "
-            f"validation AUC {m_auc:.3f} (players not trained on)")
+    log("  validation: players not trained on")
+    trained = train_and_export(
+        x, y, names, [TreeModel(*p) for p in MODEL_PARAMS], train=~va, valid=va,
+        root=service_dir / "models", outputs=("p_cheat",), live=live_feature_versions(service_dir),
+        training={"data": f"events.generate(make_world(seed={WORLD_SEED}), {matches}, seed={TRAIN_SEED})",
+                  "label": "player cheats"},
+        seed=TRAIN_SEED, scale=scale, compile_trees=compile_trees, log=log,
+    )
+    metrics.update({name: t.metrics() for name, t in trained.items()})
     log(f"  baseline (match kills per death only): validation AUC {metrics['baseline_match_kd_auc']:.3f}")
-    spec = load_spec(service_dir)
-    if reference and spec.drift.enabled:
-        from tailguard.observe.reference_data import build_service_reference
-        from tailguard.service import load_service
-
-        svc = load_service(service_dir, freeze_gc=False)
-        path = build_service_reference(svc, x[va], names).save(service_dir / spec.drift.reference)
+    path = write_service_reference(service_dir, x[va], names) if reference else None
+    if path is not None:
         log(f"  drift reference: {int(va.sum())} validation rows -> {path.relative_to(service_dir)}")
     log(f"trained in {time.perf_counter() - t0:.1f}s")
     return metrics
 
 
 def main() -> None:
-    """Command line: train unless the models are up to date."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--force", action="store_true", help="retrain even if models are up to date")
-    args = ap.parse_args()
-    if not args.force and up_to_date(HERE):
-        print("models are up to date (use --force to retrain)")
-        return
-    train(HERE)
+    """Command line: train unless the models are up to date (``--force``: retrain anyway)."""
+    from tailguard.models.training import train_command
+
+    train_command(HERE, up_to_date, train, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Run: ``python examples/recsys/run.py [--requests 3000] [--seconds 20] [--json]``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,9 @@ if str(HERE) not in sys.path:
 import train as training  # noqa: E402
 from events import HOUR, START_NS, UNKNOWN_USER, generate, make_world  # noqa: E402
 
-from tailguard.decision import STAGES, Flag  # noqa: E402
+from tailguard.bench import report as reporting  # noqa: E402
+from tailguard.decision import Flag  # noqa: E402
+from tailguard.models.training import ensure_trained  # noqa: E402
 from tailguard.observe.quality import auc  # noqa: E402
 from tailguard.service import Service, load_service  # noqa: E402
 
@@ -46,15 +47,6 @@ def ndcg_at(gains_in_rank_order: np.ndarray, gains: np.ndarray, k: int = 10) -> 
     return float(gains_in_rank_order[:k] @ disc[: min(k, len(gains))]) / ideal if ideal > 0 else 0.0
 
 
-def prepare(service_dir: Path, log: Any = print, **train_kwargs: Any) -> dict[str, Any]:
-    """Train the models if they are missing or pin stale feature versions."""
-    if training.up_to_date(service_dir):
-        return {}
-    log("training models (artifacts missing or feature versions changed) ...")
-    metrics: dict[str, Any] = training.train(service_dir, log=log, **train_kwargs)
-    return metrics
-
-
 def run(
     service_dir: Path = HERE,
     *,
@@ -67,9 +59,11 @@ def run(
     freeze_gc: bool = True,
     train_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Prepare, load, replay, serve; returns the report as a dict (see the module doc)."""
+    """Train if needed, load, write the catalog and replay the history, then serve ranking
+    requests among live traffic; returns the report as a dict (see the module doc)."""
     service_dir = Path(service_dir).resolve()
-    train_metrics = prepare(service_dir, log, **(train_kwargs or {}))
+    train_metrics = ensure_trained(service_dir, training.up_to_date, training.train, log,
+                                   **(train_kwargs or {}))
     svc: Service = load_service(service_dir, freeze_gc=freeze_gc)
     world = make_world(seed=training.WORLD_SEED)
     # The traffic after the training period: the same world, new sessions.
@@ -88,17 +82,14 @@ def run(
     per_request = max(1, len(live) // max(requests, 1))
     rng = np.random.default_rng(seed)
     n_items = len(world.items)
-    svc.engine.run_side_path()
-    if svc.latency is not None:
-        svc.latency.reset()
-    svc.engine.reset_statistics()
+    reporting.start_measuring(svc)
     predict_batch = svc.engine.predict_batch
     ndcg_model: list[float] = []
     ndcg_ctr: list[float] = []
     ndcg_random: list[float] = []
     scores: list[np.ndarray] = []
     clicks: list[np.ndarray] = []
-    rung_counts = np.zeros(len(svc.engine.rungs), dtype=np.int64)
+    rungs = np.zeros(len(svc.engine.rungs), dtype=np.int64)
     flagged_unknown = 0
     unknown_rows_expected = 0
     client_ns: list[int] = []
@@ -126,7 +117,7 @@ def run(
         d = predict_batch({"user": user, "item": ids}, {"hour": hour, "mobile": mobile}, priority=priority)
         client_ns.append(time.perf_counter_ns() - t_a)
         done += 1
-        rung_counts += np.bincount(d.rungs, minlength=len(rung_counts))
+        rungs += np.bincount(d.rungs, minlength=len(rungs))
         flagged_unknown += int(np.count_nonzero(d.flags & Flag.UNKNOWN_ENTITY))
         # What the flags should say: every row of a user the store has never seen, and the new item.
         unknown_rows_expected += CANDIDATES if svc.store.row("user", user) == 0 else int(new_item)
@@ -146,7 +137,6 @@ def run(
     wall_s = time.perf_counter() - start
     svc.run_side_path()
     snap = svc.latency_snapshot().get("predict_batch", {})
-    budgets = svc.spec.budgets
     client = np.array(client_ns, dtype=np.float64) / 1e3
     report: dict[str, Any] = {
         "example": "recsys",
@@ -154,16 +144,14 @@ def run(
         "candidates_per_request": CANDIDATES,
         "wall_s": round(wall_s, 2),
         "requests_per_s": round(done / wall_s, 1) if wall_s > 0 else 0.0,
-        "latency_us": {
-            s: {k: round(snap[s][k], 1) for k in ("p50_us", "p99_us", "p999_us", "max_us")} for s in snap
-        },
-        "budget_us": {s: round(getattr(budgets, s) * 1e6, 1) for s in STAGES},
+        "latency_us": reporting.latency_us(snap),
+        "budget_us": reporting.budgets_us(svc.spec.budgets),
         "client_us": {
             "p50_us": round(float(np.percentile(client, 50)), 1) if done else 0.0,
             "p99_us": round(float(np.percentile(client, 99)), 1) if done else 0.0,
             "p999_us": round(float(np.percentile(client, 99.9)), 1) if done else 0.0,
         },
-        "rungs": {n: int(c) for n, c in zip(svc.engine.rung_names, rung_counts.tolist(), strict=True)},
+        "rungs": reporting.rung_counts(svc.engine.rung_names, rungs),
         "deadline_missed": svc.engine.deadline_missed,
         "unknown_rows": {"flagged": flagged_unknown, "expected": unknown_rows_expected},
         "events_applied": svc.stream.statistics()["applied"],
@@ -181,13 +169,10 @@ def run(
 
 def format_report(r: dict[str, Any]) -> str:
     """The report as a small text table."""
-    lines = [f"{'stage':<12}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>10}{'budget':>9}  (us, per request of "
-             f"{r['candidates_per_request']} candidates)"]
+    lines = [reporting.table_header(f"(us, per request of {r['candidates_per_request']} candidates)")]
     for s, row in r["latency_us"].items():
-        lines.append(f"{s:<12}{row['p50_us']:>9.1f}{row['p99_us']:>9.1f}{row['p999_us']:>9.1f}"
-                     f"{row['max_us']:>10.1f}{r['budget_us'][s]:>9.0f}")
-    c = r["client_us"]
-    lines.append(f"{'client':<12}{c['p50_us']:>9.1f}{c['p99_us']:>9.1f}{c['p999_us']:>9.1f}")
+        lines.append(reporting.table_row(s, row, r["budget_us"][s]))
+    lines.append(reporting.table_row("client", r["client_us"]))
     lines.append("")
     lines.append("ladder answered (rows): " + "  ".join(f"{k}={v}" for k, v in r["rungs"].items()))
     lines.append(f"requests: {r['requests']} in {r['wall_s']:.1f}s ({r['requests_per_s']:.0f}/s), "
@@ -211,13 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object (last line)")
     args = ap.parse_args(argv)
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run(HERE, requests=args.requests, seconds=args.seconds, history_sessions=args.history_sessions,
-                 priority=args.priority, seed=args.seed, log=log)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_report(report))
+                 priority=args.priority, seed=args.seed, log=reporting.report_log(args.json))
+    reporting.emit_report(report, args.json, format_report)
 
 
 if __name__ == "__main__":

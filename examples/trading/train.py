@@ -17,7 +17,6 @@ Run: ``python examples/trading/train.py [--force]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -34,8 +33,7 @@ from ticks import events, future_up, generate_ticks  # noqa: E402
 from tailguard.features.store import InMemoryOnlineStore  # noqa: E402
 from tailguard.features.stream import StreamProcessor  # noqa: E402
 from tailguard.features.view import compile_views  # noqa: E402
-from tailguard.models.repository import list_versions  # noqa: E402
-from tailguard.observe.quality import auc  # noqa: E402
+from tailguard.registry.catalog import live_feature_versions  # noqa: E402
 from tailguard.spec import load_spec  # noqa: E402
 
 PRIMARY_INPUTS = (
@@ -44,6 +42,11 @@ PRIMARY_INPUTS = (
     "quote.spread_bps", "quote.imbalance",
 )
 FAST_INPUTS = ("ticks.ret_5s", "ticks.imbalance_ewm", "ticks.flow_ewm", "quote.imbalance")
+#: name, inputs, trees, leaves, learning rate, min rows per leaf
+MODEL_PARAMS: tuple[tuple[str, tuple[str, ...], int, int, float, int], ...] = (
+    ("alpha", PRIMARY_INPUTS, 200, 15, 0.03, 1000),
+    ("alpha_fast", FAST_INPUTS, 30, 8, 0.1, 500),
+)
 TRAIN_SECONDS = 900.0
 SEED = 1
 
@@ -70,47 +73,14 @@ def build_matrix(service_dir: Path, cols: dict[str, np.ndarray]) -> tuple[np.nda
     return x, names
 
 
-def _fit(x: np.ndarray, y: np.ndarray, rounds: int, leaves: int, lr: float, min_leaf: int) -> Any:
-    import lightgbm as lgb
-
-    params = {
-        "objective": "binary",
-        "learning_rate": lr,
-        "num_leaves": leaves,
-        "min_data_in_leaf": min_leaf,
-        "feature_fraction": 0.9,
-        "bagging_fraction": 0.8,
-        "bagging_freq": 1,
-        "seed": SEED,
-        "deterministic": True,
-        "num_threads": 2,
-        "verbose": -1,
-    }
-    return lgb.train(params, lgb.Dataset(x, y), num_boost_round=rounds)
-
-
 def up_to_date(service_dir: Path) -> bool:
     """True when both models exist and pin the live feature view versions, and the drift
     reference describes the latest primary model on those versions."""
-    from tailguard.models.manifest import read_manifest
-    from tailguard.observe.reference import DriftReferenceError, Reference
+    from tailguard.models.training import models_current
 
     spec = load_spec(service_dir)
-    live = {n: v.version for n, v in compile_views(spec.feature_views, str(service_dir)).items()}
-    root = service_dir / "models"
-    for name in ("alpha", "alpha_fast"):
-        versions = list_versions(root, name)
-        if not versions:
-            return False
-        m = read_manifest(root / name / versions[-1], verify=False)
-        if any(live.get(v) != ver for v, ver in m.feature_versions.items()):
-            return False
-    try:
-        meta = Reference.load(service_dir / spec.drift.reference).meta
-    except DriftReferenceError:
-        return False
-    return bool(meta.get("model") == f"alpha/{list_versions(root, 'alpha')[-1]}"
-                and all(live.get(v) == ver for v, ver in meta.get("feature_versions", {}).items()))
+    return models_current(service_dir / "models", [p[0] for p in MODEL_PARAMS],
+                          live_feature_versions(service_dir, spec), service_dir / spec.drift.reference)
 
 
 def decision_rows(cols: dict[str, np.ndarray], x: np.ndarray, until_ns: int, n: int = 50_000,
@@ -132,21 +102,9 @@ def decision_rows(cols: dict[str, np.ndarray], x: np.ndarray, until_ns: int, n: 
     return x[np.concatenate(rows)]
 
 
-def write_reference(service_dir: Path, x: np.ndarray, names: list[str], log: Any = print) -> Path:
-    """The drift reference of the feature rows ``x`` (columns ``names``) and the serving
-    primary model's answers on them, saved at the spec's ``[drift] reference`` path."""
-    from tailguard.observe.reference_data import build_service_reference
-    from tailguard.service import load_service
-
-    svc = load_service(service_dir, freeze_gc=False)
-    path = build_service_reference(svc, x, names).save(service_dir / svc.spec.drift.reference)
-    log(f"  drift reference: {len(x)} decision-time rows -> {path.relative_to(service_dir)}")
-    return path
-
-
 def train(service_dir: Path = HERE, *, log: Any = print) -> dict[str, Any]:
     """Generate ticks, build the training set by replay, train, export; returns metrics."""
-    from tailguard.models.export import export_lightgbm
+    from tailguard.models.training import TreeModel, train_and_export, write_service_reference
 
     t0 = time.perf_counter()
     cols = generate_ticks(TRAIN_SECONDS, seed=SEED)
@@ -155,57 +113,29 @@ def train(service_dir: Path = HERE, *, log: Any = print) -> dict[str, Any]:
     keep = y >= 0
     x, y, ts = x_all[keep], y[keep], cols["ts_ns"][keep]
     split = ts[0] + int(0.8 * (ts[-1] - ts[0]))
-    tr, va = ts <= split, ts > split
     log(f"training set: {len(y)} ticks replayed through the serving transforms "
         f"({time.perf_counter() - t0:.1f}s), {y.mean():.1%} up")
-    spec = load_spec(service_dir)
-    live = {n: v.version for n, v in compile_views(spec.feature_views, str(service_dir)).items()}
-    metrics: dict[str, Any] = {}
-    root = service_dir / "models"
-    for name, inputs, rounds, leaves, lr, min_leaf in (
-        ("alpha", PRIMARY_INPUTS, 200, 15, 0.03, 1000),
-        ("alpha_fast", FAST_INPUTS, 30, 8, 0.1, 500),
-    ):
-        idx = [names.index(c) for c in inputs]
-        booster = _fit(x[tr][:, idx], y[tr], rounds, leaves, lr, min_leaf)
-        score = booster.predict(x[va][:, idx])
-        m_auc = auc(y[va], score)
-        versions = list_versions(root, name)
-        version = str(int(versions[-1]) + 1) if versions and versions[-1].isdigit() else "1"
-        export_lightgbm(
-            booster,
-            root,
-            name,
-            version,
-            inputs=inputs,
-            outputs=("p_up",),
-            feature_versions={v: live[v] for v in sorted({c.split(".")[0] for c in inputs})},
-            training={
-                "data": f"generate_ticks(seconds={TRAIN_SECONDS}, seed={SEED})",
-                "label": "mid up after 2s",
-                "rows_train": int(tr.sum()),
-                "rows_valid": int(va.sum()),
-                "valid_auc": round(m_auc, 4),
-                "trees": rounds,
-                "leaves": leaves,
-            },
-        )
-        metrics[name] = {"version": version, "valid_auc": round(m_auc, 4)}
-        log(f"  {name} v{version}: {rounds} trees x {leaves} leaves on {len(inputs)} features, "
-            f"validation AUC {m_auc:.3f}")
-    write_reference(service_dir, decision_rows(cols, x_all, int(split)), names, log)
+    trained = train_and_export(
+        x, y, names, [TreeModel(*p) for p in MODEL_PARAMS], train=ts <= split, valid=ts > split,
+        root=service_dir / "models", outputs=("p_up",), live=live_feature_versions(service_dir),
+        training={"data": f"generate_ticks(seconds={TRAIN_SECONDS}, seed={SEED})",
+                  "label": "mid up after 2s"},
+        seed=SEED, num_threads=2, log=log,
+    )
+    # The drift reference describes what serving sees: the rows decisions meet (not per tick).
+    rows = decision_rows(cols, x_all, int(split))
+    path = write_service_reference(service_dir, rows, names)
+    if path is not None:
+        log(f"  drift reference: {len(rows)} decision-time rows -> {path.relative_to(service_dir)}")
     log(f"trained in {time.perf_counter() - t0:.1f}s")
-    return metrics
+    return {name: t.metrics() for name, t in trained.items()}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--force", action="store_true", help="retrain even if models are up to date")
-    args = ap.parse_args()
-    if not args.force and up_to_date(HERE):
-        print("models are up to date (use --force to retrain)")
-        return
-    train(HERE)
+    """Command line: train unless the models are up to date (``--force``: retrain anyway)."""
+    from tailguard.models.training import train_command
+
+    train_command(HERE, up_to_date, train, __doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -315,6 +315,8 @@ def _parser() -> argparse.ArgumentParser:
     from tailguard.registry.commands import register_models
 
     register_models(sub)
+    from tailguard.optimize.commands import register_optimize
+    register_optimize(sub)
     return ap
 
 

@@ -26,7 +26,7 @@ from tailguard.engine import DecisionHook, Engine
 from tailguard.errors import SpecError
 from tailguard.features.assembler import FeatureAssembler
 from tailguard.features.online.protocol import OnlineStore
-from tailguard.features.remote import KeyIndex, RemoteFeatures, view_policies
+from tailguard.features.remote import KeyIndex, RemoteFeatures, online_breaker, view_policies
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
 from tailguard.features.view import FeatureView, compile_views
@@ -209,7 +209,8 @@ def load_service(
         assembler = FeatureAssembler(views, [v.name for v in spec.feature_views if v.name in used], store)
         remote = None
         if online is not None and assembler.entities:
-            remote = RemoteFeatures(online, assembler, views, view_policies(views))
+            remote = RemoteFeatures(online, assembler, views, view_policies(views),
+                                    breaker=online_breaker(spec.online, clock))
         rungs, outputs = compile_ladder(spec.ladder, models, assembler.columns)
         latency = LatencyRecorder() if record_latency else None
         all_hooks: list[DecisionHook] = [*([latency] if latency is not None else []), *hooks]

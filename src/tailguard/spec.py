@@ -356,6 +356,14 @@ class OnlineSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     heartbeat: Duration = Duration(0.5)
     #: Entity keys a replica remembers for its ladder's last-good answers (later keys get none).
     max_keys: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1_000_000
+    #: The store's circuit breaker (resilience.breaker) opens after this many failed reads in a row
+    #: (0: never), or when half the last ``breaker_window`` reads failed or were slow (0: never).
+    breaker_failures: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 5
+    breaker_window: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 20
+    #: First open period (no read touches Redis), doubled per failed trial up to 32 times it.
+    breaker_open: Duration = Duration(1.0)
+    #: A read slower than this is slow (None: half the ``timeout``).
+    breaker_slow: Duration | None = None
 
 
 class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -512,8 +520,8 @@ def _check_online(spec: ServiceSpec, source: str) -> None:
     if not o.url.startswith(("redis://", "rediss://", "unix://")):
         raise _fail(f"bad online store url {o.url!r}: use redis://host:port/db, rediss://... or unix:///path",
                     "$.online.url", source)
-    for key in ("timeout", "connect_timeout", "cache_entry_ttl", "heartbeat"):
-        if getattr(o, key) <= 0:
+    for key in ("timeout", "connect_timeout", "cache_entry_ttl", "heartbeat", "breaker_open", "breaker_slow"):
+        if getattr(o, key) is not None and getattr(o, key) <= 0:
             raise _fail(f"{key} must be positive", f"$.online.{key}", source)
     if o.backend == "redis" and spec.ladder and spec.ladder[-1].kind is RungKind.MODEL:
         raise _fail("with backend = 'redis' the ladder must end with a last_good or default rung: it answers "

@@ -15,7 +15,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js.api import DiscardPolicy, StorageType
-from services import NatsServer, require_nats_server
+from services import NatsServer, running_nats
 from toyservice import CTX
 
 from tailguard import Service
@@ -32,9 +32,8 @@ KEY = bytes(range(32))
 
 @pytest.fixture
 def natsd(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(require_nats_server(), tmp_path / "jetstream")
-    yield server
-    server.kill()
+    with running_nats(tmp_path / "jetstream") as server:
+        yield server
 
 
 @pytest.fixture

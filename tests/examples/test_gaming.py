@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from examplekit import replayed, run_json, run_report
 
-from tailguard import Flag, ValidationError, load_service
-from tailguard.features.transforms import load_module
+from tailguard import Flag, ValidationError
 from tailguard.service import Service
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gaming"
-IGNORE = shutil.ignore_patterns("models", "reference", "__pycache__")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """A copy of the example with tiny models (ONNX only, no C compile): dir and metrics."""
-    d = Path(shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("gaming") / "svc", ignore=IGNORE))
-    train = load_module(str(d), "train")
-    metrics = train.train(d, matches=800, scale=0.3, compile_trees=False, log=lambda *_: None)
-    return d, metrics
-
-
-@pytest.fixture(scope="module")
-def modules(trained: tuple[Path, dict[str, Any]]) -> tuple[Any, Any, Any]:
-    d, _ = trained
-    return load_module(str(d), "events"), load_module(str(d), "train"), load_module(str(d), "run")
+EXAMPLE = "gaming"
+TRAIN_KWARGS = {"matches": 800, "scale": 0.3}  # tiny models, fit in seconds
 
 
 @pytest.fixture
 def served(trained: tuple[Path, dict[str, Any]], modules: tuple[Any, Any, Any]) -> tuple[Service, Any]:
     """The trained copy loaded, with some play replayed."""
-    events, train, _ = modules
-    svc = load_service(trained[0], freeze_gc=False)
-    world = events.make_world(seed=train.WORLD_SEED)
-    for ev in events.generate(world, 300, seed=5).events():
-        svc.stream.process(ev)
-    return svc, world
+    return replayed(trained[0], modules, 300)
 
 
 def _ctx(n: int | None = None) -> dict[str, Any]:
@@ -128,10 +106,8 @@ def test_bad_key_type_is_a_validation_error(served: tuple[Service, Any]) -> None
 def test_run_reports_latency_and_detection_quality(trained: tuple[Path, dict[str, Any]],
                                                    modules: tuple[Any, Any, Any]) -> None:
     _, _, run = modules
-    report = run.run(trained[0], requests=300, history_matches=300, log=lambda *_: None, freeze_gc=False)
+    report = run_report(run, trained[0], requests=300, history_matches=300)
     assert report["requests"] == 300
-    assert report["train"] == {}  # the models were up to date: nothing retrained
-    assert set(report["latency_us"]) == {"ingest", "features", "inference", "delivery", "total"}
     assert report["unknown_players"]["flagged"] == report["unknown_players"]["asked"]
     assert report["quality"]["auc_cheater"] > report["quality"]["auc_baseline_match_kd"]
     assert "cheat detection" in run.format_report(report)
@@ -140,9 +116,5 @@ def test_run_reports_latency_and_detection_quality(trained: tuple[Path, dict[str
 def test_run_json_prints_one_object_on_the_last_line(trained: tuple[Path, dict[str, Any]],
                                                      modules: tuple[Any, Any, Any],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    _, _, run = modules
-    assert trained[0].resolve() == run.HERE  # the copy's run.py serves the copy
-    run.main(["--json", "--requests", "30", "--history-matches", "200"])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    report = json.loads(last)
+    report = run_json(modules[2], trained[0], ["--requests", "30", "--history-matches", "200"], capsys)
     assert report["example"] == "gaming" and report["requests"] == 30

@@ -2,47 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from examplekit import replayed, run_json, run_report
 
-from tailguard import Flag, ValidationError, load_service
-from tailguard.features.transforms import load_module
+from tailguard import Flag, ValidationError
 from tailguard.service import Service
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "recsys"
-IGNORE = shutil.ignore_patterns("models", "reference", "__pycache__")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """A copy of the example with tiny models (ONNX only, no C compile): dir and metrics."""
-    d = Path(shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("recsys") / "svc", ignore=IGNORE))
-    train = load_module(str(d), "train")
-    metrics = train.train(d, sessions=12000, scale=0.5, compile_trees=False, log=lambda *_: None)
-    return d, metrics
-
-
-@pytest.fixture(scope="module")
-def modules(trained: tuple[Path, dict[str, Any]]) -> tuple[Any, Any, Any]:
-    d, _ = trained
-    return load_module(str(d), "events"), load_module(str(d), "train"), load_module(str(d), "run")
+EXAMPLE = "recsys"
+TRAIN_KWARGS = {"sessions": 12000, "scale": 0.5}  # tiny models, fit in seconds
 
 
 @pytest.fixture
 def served(trained: tuple[Path, dict[str, Any]], modules: tuple[Any, Any, Any]) -> tuple[Service, Any]:
     """The trained copy loaded, its catalog written and some traffic replayed."""
-    events, train, _ = modules
-    svc = load_service(trained[0], freeze_gc=False)
-    world = events.make_world(seed=train.WORLD_SEED)
-    svc.store.write_many("item_catalog", world.items, world.category.reshape(-1, 1).astype(np.float64))
-    for ev in events.generate(world, 1500, seed=5).events():
-        svc.stream.process(ev)
-    return svc, world
+
+    def write_catalog(svc: Service, world: Any) -> None:
+        svc.store.write_many("item_catalog", world.items, world.category.reshape(-1, 1).astype(np.float64))
+
+    return replayed(trained[0], modules, 1500, before=write_catalog)
 
 
 def test_replayed_features_are_bit_identical(trained: tuple[Path, dict[str, Any]],
@@ -118,10 +99,8 @@ def test_bad_keys_are_a_validation_error(served: tuple[Service, Any]) -> None:
 def test_run_reports_latency_and_ranking_quality(trained: tuple[Path, dict[str, Any]],
                                                  modules: tuple[Any, Any, Any]) -> None:
     _, _, run = modules
-    report = run.run(trained[0], requests=40, history_sessions=2000, log=lambda *_: None, freeze_gc=False)
+    report = run_report(run, trained[0], requests=40, history_sessions=2000)
     assert report["requests"] == 40
-    assert report["train"] == {}  # the models were up to date: nothing retrained
-    assert set(report["latency_us"]) == {"ingest", "features", "inference", "delivery", "total"}
     assert sum(report["rungs"].values()) == 40 * 200
     assert report["unknown_rows"]["flagged"] == report["unknown_rows"]["expected"]
     q = report["quality"]
@@ -132,9 +111,5 @@ def test_run_reports_latency_and_ranking_quality(trained: tuple[Path, dict[str, 
 def test_run_json_prints_one_object_on_the_last_line(trained: tuple[Path, dict[str, Any]],
                                                      modules: tuple[Any, Any, Any],
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    _, _, run = modules
-    assert trained[0].resolve() == run.HERE  # the copy's run.py serves the copy
-    run.main(["--json", "--requests", "10", "--history-sessions", "1000"])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    report = json.loads(last)
+    report = run_json(modules[2], trained[0], ["--requests", "10", "--history-sessions", "1000"], capsys)
     assert report["example"] == "recsys" and report["requests"] == 10

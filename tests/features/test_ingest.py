@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from services import NatsServer, require_nats_server
+from services import NatsServer, running_nats
+from streamkit import AGG_MODULE, USERS, compile_agg, sum_view
 
 from tailguard.errors import FeatureError
 from tailguard.features.ingest import BodyFormat, IngestConfig, IngestWorker
@@ -29,7 +30,7 @@ from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
 from tailguard.features.transforms import load_module
 from tailguard.features.view import FeatureView, compile_views
-from tailguard.spec import EntitySpec, FeatureViewSpec, FieldSpec, StreamSpec, load_spec
+from tailguard.spec import EntitySpec, StreamSpec, load_spec
 
 nats = pytest.importorskip("nats")
 from nats.js.api import StorageType, StreamConfig  # noqa: E402
@@ -37,35 +38,16 @@ from nats.js.api import StorageType, StreamConfig  # noqa: E402
 TRADING = Path(__file__).resolve().parents[2] / "examples" / "trading"
 STREAM, SUBJECT, DEAD = "EVENTS", "events", "events.dead"
 
-COUNT_MODULE = '''"""A counting transform: double application shows in n."""
-
-
-class Count:
-    fields = ("total", "n")
-
-    def new_state(self):
-        return [0.0, 0.0]
-
-    def update(self, state, event):
-        state[0] += event["x"]
-        state[1] += 1.0
-
-    def values(self, state):
-        return state
-'''
-USERS = (EntitySpec(name="user"),)
-COUNT = FeatureViewSpec(name="counts", entity="user", transform="agg:Count", inputs=("x",),
-                        fields=(FieldSpec(name="total"), FieldSpec(name="n")))
+COUNT = sum_view("counts", inputs=("x",))
 COUNT_STREAM = StreamSpec(event_id="id")
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------
 @pytest.fixture
 def natsd(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(require_nats_server(), tmp_path / "jetstream")
-    asyncio.run(_add_streams(server.url))
-    yield server
-    server.kill()
+    with running_nats(tmp_path / "jetstream") as server:
+        asyncio.run(_add_streams(server.url))
+        yield server
 
 
 async def _add_streams(url: str) -> None:
@@ -116,8 +98,7 @@ def trading() -> tuple[Any, dict[str, FeatureView]]:
 
 
 def counting(tmp_path: Path) -> dict[str, FeatureView]:
-    (tmp_path / "agg.py").write_text(COUNT_MODULE)
-    return compile_views((COUNT,), str(tmp_path))
+    return compile_agg(tmp_path, (COUNT,))
 
 
 def reference(views: Mapping[str, FeatureView], entities: Sequence[EntitySpec], config: StreamSpec,
@@ -380,9 +361,7 @@ def test_a_checkpoint_of_another_view_version_is_refused(natsd: NatsServer, tmp_
     ckpt = tmp_path / "ckpt"
     w = worker(views, InMemoryOnlineStore(views, USERS), natsd.url, USERS, COUNT_STREAM, checkpoint=ckpt)
     asyncio.run(w.run(until_idle=True))
-    (tmp_path / "v2").mkdir()
-    (tmp_path / "v2" / "agg.py").write_text(COUNT_MODULE + "\n# edited\n")
-    changed = compile_views((COUNT,), str(tmp_path / "v2"))
+    changed = compile_agg(tmp_path / "v2", (COUNT,), AGG_MODULE + "\n# edited\n")
     with pytest.raises(FeatureError, match="version changed"):
         worker(changed, InMemoryOnlineStore(changed, USERS), natsd.url, USERS, COUNT_STREAM, checkpoint=ckpt)
 

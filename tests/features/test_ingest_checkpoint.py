@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from streamkit import USERS, compile_agg, sum_view
 
 from tailguard.errors import FeatureError
 from tailguard.features.ingest_checkpoint import (
@@ -19,34 +20,15 @@ from tailguard.features.ingest_checkpoint import (
 )
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
-from tailguard.features.view import FeatureView, compile_views
-from tailguard.spec import EntitySpec, FeatureViewSpec, FieldSpec, StreamSpec
+from tailguard.features.view import FeatureView
+from tailguard.spec import StreamSpec
 
-MODULE = '''"""A counting transform."""
-
-
-class Count:
-    fields = ("total", "n")
-
-    def new_state(self):
-        return [0.0, 0.0]
-
-    def update(self, state, event):
-        state[0] += event["x"]
-        state[1] += 1.0
-
-    def values(self, state):
-        return state
-'''
-USERS = (EntitySpec(name="user"),)
-COUNT = FeatureViewSpec(name="counts", entity="user", transform="agg:Count",
-                        fields=(FieldSpec(name="total"), FieldSpec(name="n")))
+COUNT = sum_view("counts")
 CONFIG = StreamSpec(event_id="id")
 
 
 def views(tmp_path: Path) -> dict[str, FeatureView]:
-    (tmp_path / "agg.py").write_text(MODULE)
-    return compile_views((COUNT,), str(tmp_path))
+    return compile_agg(tmp_path, (COUNT,))
 
 
 def fed(vs: dict[str, FeatureView]) -> StreamProcessor:

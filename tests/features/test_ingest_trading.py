@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from services import NatsServer, RedisServer, require_binary, require_nats_server
+from services import NatsServer, RedisServer, running_nats, running_redis
 
 from tailguard.features.online.codec import KeyLayout, decode_values
 from tailguard.features.online.protocol import field_name
@@ -32,17 +32,14 @@ TRADING = Path(__file__).resolve().parents[2] / "examples" / "trading"
 
 @pytest.fixture
 def natsd(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(require_nats_server(), tmp_path / "jetstream")
-    yield server
-    server.kill()
+    with running_nats(tmp_path / "jetstream") as server:
+        yield server
 
 
 @pytest.fixture
 def redisd(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(require_binary("redis-server"), tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path) as server:
+        yield server
 
 
 def test_ticks_through_nats_and_the_ingest_worker_land_in_redis_bit_for_bit(

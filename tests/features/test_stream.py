@@ -5,57 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from streamkit import LAST, SUM, USERS_AND_SHOPS, compile_agg
 
 from tailguard.errors import ValidationError
 from tailguard.features.events import EventReason
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
-from tailguard.features.view import compile_views
-from tailguard.spec import EntitySpec, EventAction, FeatureViewSpec, FieldSpec, StreamSpec
+from tailguard.spec import EventAction, FeatureViewSpec, FieldSpec, StreamSpec
 from tailguard.testing import FakeClock
 
-MODULE = '''"""Stream transforms for stream-processor tests."""
-
-
-class Sum:
-    fields = ("total", "n")
-
-    def new_state(self):
-        return [0.0, 0.0]
-
-    def update(self, state, event):
-        state[0] += event["x"]
-        state[1] += 1.0
-
-    def values(self, state):
-        return state
-
-
-class Last:
-    fields = ("x",)
-
-    def new_state(self):
-        return [0.0]
-
-    def update(self, state, event):
-        state[0] = event["x"]
-
-    def values(self, state):
-        return state
-'''
-
-ENTITIES = (EntitySpec(name="user"), EntitySpec(name="shop", key_dtype="int64"))
-SUM = FeatureViewSpec(
-    name="sums", entity="user", transform="agg:Sum", fields=(FieldSpec(name="total"), FieldSpec(name="n"))
-)
-LAST = FeatureViewSpec(name="last", entity="user", transform="agg:Last", fields=(FieldSpec(name="x"),))
+ENTITIES = USERS_AND_SHOPS
 SHOP = FeatureViewSpec(name="shop", entity="shop", fields=(FieldSpec(name="x"),))  # written directly
 
 
 @pytest.fixture
 def store(tmp_path: Path, clock: FakeClock) -> InMemoryOnlineStore:
-    (tmp_path / "agg.py").write_text(MODULE)
-    return InMemoryOnlineStore(compile_views((SUM, LAST, SHOP), str(tmp_path)), ENTITIES, clock=clock)
+    return InMemoryOnlineStore(compile_agg(tmp_path, (SUM, LAST, SHOP)), ENTITIES, clock=clock)
 
 
 @pytest.fixture

@@ -8,59 +8,26 @@ from typing import Any
 
 import numpy as np
 import pytest
+from streamkit import USERS_AND_SHOPS, compile_agg, sum_view
 
 from tailguard.features.events import EventReason
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import StreamProcessor
-from tailguard.features.view import compile_views
-from tailguard.spec import Duration, EntitySpec, FeatureViewSpec, FieldSpec, LatePolicy, StreamSpec
+from tailguard.spec import Duration, FeatureViewSpec, FieldSpec, LatePolicy, StreamSpec
 from tailguard.testing import FakeClock
 
-MODULE = '''"""Transforms for event-check tests."""
-
-
-class Sum:
-    fields = ("total", "n")
-
-    def new_state(self):
-        return [0.0, 0.0]
-
-    def update(self, state, event):
-        state[0] += event["x"]
-        state[1] += 1.0
-
-    def values(self, state):
-        return state
-
-
-class Y:
-    fields = ("y",)
-
-    def new_state(self):
-        return [0.0]
-
-    def update(self, state, event):
-        state[0] += event["y"]
-
-    def values(self, state):
-        return state
-'''
-
-ENTITIES = (EntitySpec(name="user"), EntitySpec(name="shop", key_dtype="int64"))
+ENTITIES = USERS_AND_SHOPS
 
 
 def make(tmp_path: Path, clock: FakeClock, config: StreamSpec | None = None,
          **sum_kw: Any) -> tuple[StreamProcessor, InMemoryOnlineStore]:
-    (tmp_path / "agg.py").write_text(MODULE)
     specs = (
-        FeatureViewSpec(name="sums", entity="user", transform="agg:Sum", inputs=("x",),
-                        fields=(FieldSpec(name="total"), FieldSpec(name="n")), **sum_kw),
+        sum_view(inputs=("x",), **sum_kw),
         FeatureViewSpec(name="ys", entity="user", transform="agg:Y", inputs=("y",),
                         fields=(FieldSpec(name="y"),)),
-        FeatureViewSpec(name="shop_sums", entity="shop", transform="agg:Sum",
-                        fields=(FieldSpec(name="total"), FieldSpec(name="n"))),
+        sum_view("shop_sums", "shop"),
     )
-    views = compile_views(specs, str(tmp_path))
+    views = compile_agg(tmp_path, specs)
     store = InMemoryOnlineStore(views, ENTITIES, clock=clock)
     return StreamProcessor(views, store, config or StreamSpec(), entities=ENTITIES, clock=clock), store
 

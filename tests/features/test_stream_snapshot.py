@@ -11,49 +11,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from streamkit import AGG_MODULE, LAST, SUM, USERS, compile_agg
 
 from tailguard.errors import FeatureError
 from tailguard.features.store import InMemoryOnlineStore
 from tailguard.features.stream import SNAPSHOT_VERSION, ProcessorSnapshot, StreamProcessor
 from tailguard.features.transforms import load_module
 from tailguard.features.view import FeatureView, compile_views
-from tailguard.spec import EntitySpec, FeatureViewSpec, FieldSpec, StreamSpec, load_spec
+from tailguard.spec import StreamSpec, load_spec
 
 TRADING = Path(__file__).resolve().parents[2] / "examples" / "trading"
 
-MODULE = '''"""Two transforms of one entity."""
-
-
-class Sum:
-    fields = ("total", "n")
-
-    def new_state(self):
-        return [0.0, 0.0]
-
-    def update(self, state, event):
-        state[0] += event["x"]
-        state[1] += 1.0
-
-    def values(self, state):
-        return state
-
-
-class Last:
-    fields = ("x",)
-
-    def new_state(self):
-        return [0.0]
-
-    def update(self, state, event):
-        state[0] = event["x"]
-
-    def values(self, state):
-        return state
-'''
-USERS = (EntitySpec(name="user"),)
-SUM = FeatureViewSpec(name="sums", entity="user", transform="agg:Sum",
-                      fields=(FieldSpec(name="total"), FieldSpec(name="n")))
-LAST = FeatureViewSpec(name="last", entity="user", transform="agg:Last", fields=(FieldSpec(name="x"),))
 
 
 def trading_ticks(seconds: float) -> tuple[Any, dict[str, FeatureView], list[dict[str, Any]]]:
@@ -106,9 +74,8 @@ def test_restore_marks_every_row_changed_so_the_next_flush_writes_it() -> None:
 
 
 def processor(tmp_path: Path, store: Any = None, config: StreamSpec | None = None,
-              module: str = MODULE) -> StreamProcessor:
-    (tmp_path / "agg.py").write_text(module)
-    views = compile_views((SUM, LAST), str(tmp_path))
+              module: str = AGG_MODULE) -> StreamProcessor:
+    views = compile_agg(tmp_path, (SUM, LAST), module)
     return StreamProcessor(views, store if store is not None else InMemoryOnlineStore(views, USERS),
                            config or StreamSpec(event_id="id"), entities=USERS, write_through=False)
 
@@ -144,8 +111,7 @@ def test_restore_keeps_the_newest_ids_when_the_window_shrank(tmp_path: Path) -> 
 def test_states_of_another_view_version_are_refused_and_nothing_changes(tmp_path: Path) -> None:
     p = processor(tmp_path)
     p.process({"user": "a", "id": 1, "ts_ns": 1, "x": 2.0})
-    (tmp_path / "v2").mkdir()
-    q = processor(tmp_path / "v2", module=MODULE + "\n# edited\n")
+    q = processor(tmp_path / "v2", module=AGG_MODULE + "\n# edited\n")
     with pytest.raises(FeatureError, match="version changed"):
         q.restore(p.snapshot())
     assert q.snapshot().views["sums"].states == {} and q.last_seq == 0
@@ -186,8 +152,7 @@ class CountingStore(InMemoryOnlineStore):
 
 
 def test_flush_writes_each_views_changed_rows_in_one_batch_call(tmp_path: Path) -> None:
-    (tmp_path / "agg.py").write_text(MODULE)
-    views = compile_views((SUM, LAST), str(tmp_path))
+    views = compile_agg(tmp_path, (SUM, LAST))
     store = CountingStore(views, USERS)
     p = StreamProcessor(views, store, StreamSpec(), entities=USERS, write_through=False)
     for i in range(30):

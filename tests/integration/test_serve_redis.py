@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from services import RedisServer, require_binary
+from services import RedisServer, running_redis
 from toyservice import CTX, feed, render_spec
 
 from tailguard import Service, load_service
@@ -54,10 +54,8 @@ def wait_for(done: Callable[[], bool], timeout_s: float = 20.0) -> None:
 @pytest.fixture(scope="module")
 def redis_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server for this module (tests restart it on the same port when they kill it)."""
-    server = RedisServer(require_binary("redis-server"), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

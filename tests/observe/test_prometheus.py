@@ -273,3 +273,32 @@ def test_feature_ages_of_a_shared_store_are_those_the_last_decisions_read(
             if s.labels["view"] == "stats"}
     assert ages["1"] == pytest.approx(3.0) and ages["0.5"] == pytest.approx(2.5)
     assert fams["tailguard_feature_rows"].samples == []
+
+
+def test_the_online_breaker_state_and_counters_are_exported(
+    redis_service: tuple[Service, RedisServer], clock: FakeClock
+) -> None:
+    from tailguard.features.remote import online_breaker
+
+    svc, server = redis_service
+    assert svc.engine.remote is not None
+    svc.engine.remote.breaker = br = online_breaker(svc.spec.online, clock)  # 5 failures in a row open it
+    fams = {f.name: f for f in text_string_to_metric_families(render(svc).decode())}
+    (state,) = fams["tailguard_breaker_state"].samples
+    assert (state.labels["breaker"], state.value) == ("online", 0)
+    server.stop()
+    wait_for(lambda: not svc.online.cache.link_up)  # type: ignore[union-attr]
+    for key in ("a", "b", "c", "d", "e", "f", "g"):  # five refused reads, then two short circuits
+        svc.engine.predict(key, CTX)
+    got = samples(svc)
+    assert got["tailguard_breaker_state"] == 2
+    assert (got["tailguard_breaker_opens_total"], got["tailguard_breaker_short_circuited_total"]) == (1, 2)
+    assert got["tailguard_breaker_failures_total"] == 5
+    assert got["tailguard_engine_features_unavailable_total"] == 7
+    clock.advance(1.0)
+    assert br.allow()  # the open period has passed: a trial is out
+    assert samples(svc)["tailguard_breaker_state"] == 1
+
+
+def test_no_breaker_is_exported_without_a_shared_store(service: Service) -> None:
+    assert not any(name.startswith("tailguard_breaker_") for name in samples(service))

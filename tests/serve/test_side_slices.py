@@ -67,3 +67,25 @@ def test_without_idle_slices_the_backlog_waits_for_the_timer(toy_copy: Path, tmp
         assert audit_state(server) == (0, 0, 6)
     finally:
         server.close()
+
+
+def test_the_timer_leaves_the_work_to_recent_slices_and_catches_up_without_them(toy_copy: Path,
+                                                                                 tmp_path: Path) -> None:
+    server = serve(toy_copy, tmp_path, backlog=4)
+    try:
+        for i in range(5):
+            one(server, f"k{i}")
+        assert audit_state(server) == (1, 4, 1)
+
+        async def tick(forget_slice: bool) -> None:
+            app: Any = server.app
+            if forget_slice:
+                app._last_slice_ns = 0  # as if the last slice ran long ago
+            app._side_path()
+
+        asyncio.run_coroutine_threadsafe(tick(False), server.loop).result(10)
+        assert audit_state(server) == (1, 4, 1)  # a slice ran just now: the tick did no side work
+        asyncio.run_coroutine_threadsafe(tick(True), server.loop).result(10)
+        assert audit_state(server) == (1, 5, 0)
+    finally:
+        server.close()

@@ -3,13 +3,15 @@ outputs — bit for bit.
 
 Each ``DecisionRecord`` holds the exact float32 feature rows the engine scored and the rung
 that answered each row.  Replay verifies the log first (an unverified log is never
-replayed), then, per row answered by a model rung, runs that rung's model of the loaded
-service on the recorded row (gathered to the model's inputs exactly as the engine does) and
-compares the float64 outputs by their bytes; rows answered by the declared default are
-compared with it; rows answered by a last-good answer depend on history the log does not
-replay and are counted as skipped.  A record whose model is not the one loaded — by content
-hash when the record has one, else by label — is a mismatch with its reason, not a silent
-pass.  Keys are not used, so PII-hashed keys replay exactly.
+replayed), then, per row answered by a model rung, runs **the recorded model version** on
+the recorded row (gathered to the model's inputs exactly as the engine does) and compares
+the float64 outputs by their bytes: the rung's loaded model when it is that version, else
+the version the record names, loaded from the service's model repository (a canary's, or one
+swapped out since) with ``load_model``'s checks and then held to the record's content hash.
+Rows answered by the declared default are compared with it; rows answered by a last-good
+answer depend on history the log does not replay and are counted as skipped.  A record whose
+model cannot be loaded, or whose content differs from the recorded hash, is a mismatch with
+its reason, not a silent pass.  Keys are not used, so PII-hashed keys replay exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 from tailguard.audit.format import DecisionRecord, Entry
 from tailguard.audit.problems import AuditInvalid
 from tailguard.audit.verify import read_entries, verify
+from tailguard.errors import TailguardError
+from tailguard.models.repository import LoadedModel, load_model
 from tailguard.service import Service
 from tailguard.spec import RungKind
 
@@ -68,6 +72,7 @@ def replay(directory: str | Path, key: bytes | None, service: Service, *,
     rungs = engine.rungs
     width = engine.assembler.width
     report = ReplayReport()
+    versions = _Versions(service)
     for info in check.infos:  # exactly the verified segments (retention leftovers skipped)
         for _, _, payload, _ in read_entries(info.path):
             rec = _DECODER.decode(payload)
@@ -89,18 +94,59 @@ def replay(directory: str | Path, key: bytes | None, service: Service, *,
                 elif rung.kind is RungKind.DEFAULT:
                     _compare(report, rec.seq, row, outs[row], np.asarray(rung.default, dtype=np.float64))
                 else:
-                    model = rung.model
+                    model, cols = rung.model, rung.cols
                     assert model is not None
                     # A batch answered by several model rungs names the first one only.
-                    if len(set(rec.rungs)) == 1:
-                        why = _other_model(rec, rung.label, model.manifest.content_hash)
-                        if why:
-                            _differ(report, rec.seq, row, why)
+                    other = _other_model(rec, rung.label, model.manifest.content_hash)
+                    if other and len(set(rec.rungs)) == 1:
+                        found = versions.get(rec)
+                        if isinstance(found, str):
+                            _differ(report, rec.seq, row, found)
                             continue
+                        model, cols = found
                     x = np.ascontiguousarray(feats[row : row + 1])
-                    y = model.runtime.run(x if rung.cols is None else x[:, rung.cols].copy())
+                    y = model.runtime.run(x if cols is None else x[:, cols].copy())
                     _compare(report, rec.seq, row, outs[row], y[0])
     return report
+
+
+class _Versions:
+    """Model versions named by records, loaded once each from the service's repository (with the
+    hash and signature checks of ``load_model``), with their gather from the wide columns; or
+    why one cannot stand in for the record."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._pos = {c: i for i, c in enumerate(service.engine.assembler.columns)}
+        self._loaded: dict[str, tuple[LoadedModel, np.ndarray | None] | str] = {}
+
+    def get(self, rec: DecisionRecord) -> tuple[LoadedModel, np.ndarray | None] | str:
+        """The recorded version with its gather, or why it cannot replay the record."""
+        label = rec.model_version
+        found = self._loaded.get(label)
+        if found is None:
+            found = self._loaded[label] = self._load(label)
+        if isinstance(found, str):
+            return found
+        why = _other_model(rec, found[0].label, found[0].manifest.content_hash)
+        return why or found
+
+    def _load(self, label: str) -> tuple[LoadedModel, np.ndarray | None] | str:
+        name, _, version = label.partition("/")
+        try:
+            spec = msgspec.structs.replace(self.service.spec.model(name), warmup=0)
+        except KeyError:
+            return f"recorded by {label!r}: the service has no model {name!r}"
+        try:
+            m = load_model(spec, self.service.directory, self.service.feature_versions, version=version)
+        except TailguardError as exc:
+            return f"recorded by {label!r}, which cannot be loaded: {exc}"
+        missing = [c for c in m.manifest.inputs if c not in self._pos]
+        if missing:
+            return f"recorded by {label!r}, which reads {missing}: not assembled by this service"
+        idx = [self._pos[c] for c in m.manifest.inputs]
+        cols = None if idx == list(range(len(self._pos))) else np.array(idx, dtype=np.intp)
+        return m, cols
 
 
 def _other_model(rec: DecisionRecord, label: str, content_hash: str) -> str:

@@ -19,8 +19,17 @@ without proof of freshness -> ``UNCONFIRMED_FEATURE``.  When the store cannot be
 and the cache may not stand in (``FeatureStoreUnavailable``, or any store error) the fill
 returns ``FEATURES_UNAVAILABLE`` for every row (``down`` is set): the engine skips its model
 rungs and lets the rungs below them answer.  A batch is read in one round trip, so it is
-served or unavailable as a whole.  Nothing here holds state about the failure: the next
-request reads the store again, so Redis coming back needs no restart.
+served or unavailable as a whole.
+
+**Breaker.**  The reads that reach the store pass through a circuit breaker
+(``resilience.breaker``, configured by ``online_breaker`` from ``[online] breaker_*``): each
+read that fetched from the store is recorded (a ``FeatureStoreUnavailable`` as a failure, with
+its duration for the slow-call rule; reads the near-cache answered alone are not calls).
+While it is open a request does not touch the store: the near-cache serves what it may on
+its own (``NearCachedStore.begin_read``: proven values, eventual values within their bound,
+flagged ``UNCONFIRMED_FEATURE``) and everything else is ``FEATURES_UNAVAILABLE`` at once.
+Half-open, one read is let through as the trial; it closes the breaker, so Redis coming back
+needs no restart, only the open period.
 
 ``KeyIndex`` stands in for the embedded store as the engine's key -> row map: the ladder
 keeps per-entity state (last good answers) by row, and a replica that never writes an entity
@@ -29,7 +38,7 @@ must still give it a row.  Owner: the engine's thread (like the engine).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +48,7 @@ from tailguard.clock import Clock
 from tailguard.decision import Flag
 from tailguard.errors import FeatureError
 from tailguard.features.assembler import FeatureAssembler
-from tailguard.features.online.errors import FeatureStoreError
+from tailguard.features.online.errors import FeatureStoreError, FeatureStoreUnavailable
 from tailguard.features.online.protocol import (
     NO_AGE,
     Consistency,
@@ -51,9 +60,10 @@ from tailguard.features.online.protocol import (
 )
 from tailguard.features.store import NEVER, InMemoryOnlineStore
 from tailguard.features.view import FeatureView
-from tailguard.spec import EntitySpec
+from tailguard.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from tailguard.spec import EntitySpec, OnlineSpec
 
-__all__ = ["KeyIndex", "RemoteFeatures", "feature_counters", "view_policies"]
+__all__ = ["KeyIndex", "RemoteFeatures", "feature_counters", "online_breaker", "view_policies"]
 
 _UNKNOWN = np.uint8(Flag.UNKNOWN_ENTITY)
 _STALE = np.uint8(Flag.STALE_FEATURE)
@@ -64,6 +74,19 @@ _V_DEFAULTS = int(ValueFlag.MISSING | ValueFlag.EXPIRED | ValueFlag.CORRUPT)
 _V_UNCONFIRMED = int(ValueFlag.UNCONFIRMED)
 _V_FLAGGED = _V_DEFAULTS | _V_UNCONFIRMED  # the value flags a decision reports (not CACHED)
 _UNKNOWN_I, _STALE_I, _UNCONFIRMED_I = int(_UNKNOWN), int(_STALE), int(_UNCONFIRMED)
+_V_CACHED = int(ValueFlag.CACHED)
+_CLOSED = BreakerState.CLOSED
+
+
+def online_breaker(online: OnlineSpec, clock: Clock | None = None) -> CircuitBreaker:
+    """The online store's circuit breaker as ``[online]`` declares it: ``breaker_failures`` reads
+    failed in a row or half of the last ``breaker_window`` failed or slow (longer than
+    ``breaker_slow``, by default half the read ``timeout``) open it for ``breaker_open``,
+    doubled per failed trial up to 32 times that; one trial read closes it."""
+    slow = online.breaker_slow if online.breaker_slow is not None else online.timeout / 2
+    cfg = BreakerConfig(failures=online.breaker_failures, window=online.breaker_window, slow_s=float(slow),
+                        open_s=float(online.breaker_open), max_open_s=32 * float(online.breaker_open))
+    return CircuitBreaker(cfg, clock, name="online")
 
 
 def view_policies(views: Mapping[str, FeatureView]) -> dict[str, ViewPolicy]:
@@ -197,10 +220,19 @@ class RemoteFeatures:
         assembler: FeatureAssembler,
         views: Mapping[str, FeatureView],
         policies: Mapping[str, ViewPolicy] | None = None,
+        *,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if not assembler.entities:
             raise FeatureError("a remote feature stage needs stored views (the models read none)")
         self.store = store
+        #: Guards the reads that reach the store (default: ``online_breaker`` of a default ``[online]``).
+        #: Replaceable between decisions (owner thread).
+        self.breaker = breaker if breaker is not None else online_breaker(OnlineSpec())
+        # The near-cache alone, without I/O, for reads while the breaker is not closed (None:
+        # the store has no cache, nothing may be served without it).
+        self._cache_one = getattr(store, "begin_read", None)
+        self._cache_many = getattr(store, "begin_read_many", None)
         self._assembler = assembler
         policies = policies if policies is not None else view_policies(views)
         layout = assembler.stored_layout
@@ -235,19 +267,29 @@ class RemoteFeatures:
         written = a.written_ns[0]
         flags = 0
         store = self.store
+        br = self.breaker
         for p in self._parts:
             key = keys[p.entity] if isinstance(keys, Mapping) else keys
-            try:
-                r = store.read(p.views, key, p.rows)
-            except FeatureStoreError:
-                self.down = True
-                self.unavailable += 1
-                return _UNAVAILABLE
+            if br.state is _CLOSED:
+                start = br.now()
+                try:
+                    r = store.read(p.views, key, p.rows)
+                except FeatureStoreError as exc:
+                    self._failed(exc, start)
+                    return self._unavailable(1)
+                fl = r.flags[0].tolist()
+                if not fl[0] & _V_CACHED:  # fetched from the store (a near-cache hit flags every view)
+                    br.success(start)
+            else:
+                got = self._read_guarded(p, key)
+                if got is None:
+                    return self._unavailable(1)
+                r, fl = got, got.flags[0].tolist()
             out[p.cols] = r.values[0]
             # One row of a few views: plain Python per view beats numpy's per-call overhead.
             bits = 0
             missing = _V_MISSING
-            for j, age, f in zip(p.wlist, r.ages_ns[0].tolist(), r.flags[0].tolist(), strict=True):
+            for j, age, f in zip(p.wlist, r.ages_ns[0].tolist(), fl, strict=True):
                 written[j] = NEVER if age == NO_AGE else now_ns - age
                 bits |= f
                 missing &= f
@@ -276,19 +318,29 @@ class RemoteFeatures:
         flags[:] = 0
         written = a.written_ns
         store = self.store
+        br = self.breaker
         for p in self._parts:
             ks = keys[p.entity] if isinstance(keys, Mapping) else keys
             if isinstance(ks, np.ndarray):
                 ks = ks.tolist()
             elif isinstance(ks, str | bytes) or not isinstance(ks, Sequence):
                 ks = [ks]  # one key for every row
-            try:
-                r = store.read_many(p.views, ks, p.rows)
-            except FeatureStoreError:
-                self.down = True
-                self.unavailable += n
-                flags[:] = _UNAVAILABLE
-                return flags
+            if br.state is _CLOSED:
+                start = br.now()
+                try:
+                    r = store.read_many(p.views, ks, p.rows)
+                except FeatureStoreError as exc:
+                    self._failed(exc, start)
+                    flags[:] = self._unavailable(n)
+                    return flags
+                if not int(np.bitwise_and.reduce(r.flags[: r.n, 0])) & _V_CACHED:  # some row fetched
+                    br.success(start)
+            else:
+                got = self._read_many_guarded(p, ks)
+                if got is None:
+                    flags[:] = self._unavailable(n)
+                    return flags
+                r = got
             m = r.n
             out[:n, p.cols] = r.values[:m]
             ages = r.ages_ns[:m]
@@ -301,13 +353,64 @@ class RemoteFeatures:
             self.unconfirmed += int(np.count_nonzero(flags & _UNCONFIRMED))
         return flags
 
+    # -- the breaker ---------------------------------------------------------------------------
+    def _failed(self, exc: FeatureStoreError, start: int) -> None:
+        """Record a closed-state read that raised: unreachable or slow is a failure; an error
+        reply means the store answered (the call succeeded as far as its health goes)."""
+        if isinstance(exc, FeatureStoreUnavailable):
+            self.breaker.failure(start)
+        else:
+            self.breaker.success(start)
+
+    def _unavailable(self, n: int) -> int:
+        self.down = True
+        self.unavailable += n
+        return _UNAVAILABLE
+
+    def _read_guarded(self, p: _Part, key: Any) -> Rows | None:
+        """One entity while the breaker is open or half-open: the near-cache alone when it may
+        serve it, else the store if the breaker lets a trial through; None: unavailable."""
+        if self._cache_one is not None:
+            rows, _, served = self._cache_one(p.views, key, p.rows)
+            if served:
+                return rows  # type: ignore[no-any-return]
+        return self._trial(lambda: self.store.read(p.views, key, p.rows))
+
+    def _read_many_guarded(self, p: _Part, keys: Sequence[Any]) -> Rows | None:
+        """``_read_guarded`` for a batch: served whole from the cache, or a trial, or None."""
+        if self._cache_many is not None:
+            rows, _, miss, _, _ = self._cache_many(p.views, keys, p.rows)
+            if not miss:
+                return rows  # type: ignore[no-any-return]
+        return self._trial(lambda: self.store.read_many(p.views, keys, p.rows))
+
+    def _trial(self, read: Callable[[], Rows]) -> Rows | None:
+        br = self.breaker
+        if not br.allow():
+            return None
+        start = br.now()
+        try:
+            r = read()
+        except FeatureStoreError as exc:
+            self._failed(exc, start)
+            return None
+        except BaseException:
+            br.release()
+            raise
+        if r.n and not int(np.bitwise_and.reduce(r.flags[: r.n, 0])) & _V_CACHED:
+            br.success(start)
+        else:
+            br.release()  # the cache answered after all (a fill in between): no call was made
+        return r
+
     def statistics(self) -> dict[str, int]:
         """``features_unavailable`` and ``features_unconfirmed`` (decision rows), for the engine."""
         return {"features_unavailable": self.unavailable, "features_unconfirmed": self.unconfirmed}
 
     def reset_statistics(self) -> None:
-        """Zero the counters."""
+        """Zero the counters, the breaker's included (not its state)."""
         self.unavailable = self.unconfirmed = 0
+        self.breaker.reset_statistics()
 
 
 def _row_flags(fl: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Prometheus exposition of an engine: stage-latency histograms, ladder outcomes, models, and
-with a shared online store (``[online] backend = "redis"``) its near-cache and link figures.
+with a shared online store (``[online] backend = "redis"``) its near-cache, link and breaker figures.
 
 Usable embedded (``render(service)`` in any process that holds a loaded service) and by the
 server's ``/metrics`` (which adds its own families).  Nothing is recorded for Prometheus on
@@ -252,6 +252,37 @@ def _online_store(svc: Service, names: list[str], values: list[str]) -> Iterator
                      ("messages", "Invalidation messages received.")):
         if key in link:
             yield counter(f"tailguard_online_link_{key}", doc, link[key])
+    yield from _breakers(svc, names, values)
+
+
+#: Breaker counters exported as ``tailguard_breaker_<name>_total{breaker=...}``.
+_BREAKER_COUNTERS = (
+    ("short_circuited", "Calls refused by the breaker without touching the dependency."),
+    ("opens", "Times the breaker opened."),
+    ("failures", "Calls through the breaker that failed (unreachable, timed out)."),
+    ("slow", "Calls through the breaker slower than its slow-call threshold."),
+)
+
+
+def _breakers(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
+    """The circuit breakers' state (0 closed, 1 half-open, 2 open; a breaker whose open period has
+    passed shows open until the next call tries) and counters: today the online store's."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    remote = svc.engine.remote
+    breaker = getattr(remote, "breaker", None)
+    if breaker is None:
+        return
+    labels = ["breaker", *names]
+    row = [breaker.name, *values]
+    state = GaugeMetricFamily("tailguard_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, "
+                              "2 open.", labels=labels)
+    state.add_metric(row, float(int(breaker.state)))
+    yield state
+    for key, doc in _BREAKER_COUNTERS:
+        c = CounterMetricFamily(f"tailguard_breaker_{key}", doc, labels=labels)
+        c.add_metric(row, float(getattr(breaker, key)))
+        yield c
 
 
 def _drift_scores(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:

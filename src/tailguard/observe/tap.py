@@ -29,7 +29,7 @@ import numpy as np
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 
-__all__ = ["DecisionTap", "TapReader"]
+__all__ = ["DecisionTap", "TapFeed", "TapReader"]
 
 _NONES: list[None] = [None] * 1024
 _ZEROS: list[int] = [0] * 1024
@@ -69,6 +69,9 @@ class DecisionTap:
     # -- reply path (engine hooks) ----------------------------------------------------------------
     def on_decision(self, d: Decision) -> None:
         """Keep one decision: two small ``bytes``, six list stores, one increment."""
+        self._keep(d, self.engine)
+
+    def _keep(self, d: Decision, engine: Engine) -> None:
         h = self.head
         if h >= self._limit:
             self.dropped += 1
@@ -76,8 +79,8 @@ class DecisionTap:
         i = h & self.mask
         # The engine's and the assembler's first rows, looked up each time: a batch larger than
         # their buffers replaces them, even one that then fails validation.
-        self.features[i] = self.engine._wide_row.tobytes()
-        self.written[i] = self._assembler._written_row.tobytes()
+        self.features[i] = engine._wide_row.tobytes()
+        self.written[i] = engine.assembler._written_row.tobytes()
         self.items[i] = d
         self.filled[i] = self._assembler.filled_ns
         self.walls[i] = self._wall()
@@ -86,20 +89,28 @@ class DecisionTap:
 
     def on_batch(self, d: BatchDecision) -> None:
         """Keep one batch decision with copies of its feature rows and write times."""
+        self._keep_batch(d, self.engine)
+
+    def _keep_batch(self, d: BatchDecision, engine: Engine) -> None:
         h = self.head
         if h >= self._limit:
             self.dropped += 1
             return
         n = len(d)
         i = h & self.mask
-        self.features[i] = self.engine.last_features(n).tobytes()
-        self.written[i] = self.engine.last_written_ns(n).tobytes()
+        self.features[i] = engine.last_features(n).tobytes()
+        self.written[i] = engine.last_written_ns(n).tobytes()
         self.batch_rows[i] = n
         self.items[i] = d
         self.filled[i] = self._assembler.filled_ns
         self.walls[i] = self._wall()
         self.monos[i] = self._mono()
         self.head = h + 1
+
+    def feed(self, engine: Engine) -> TapFeed:
+        """A hook for another engine over the same store and assembler (a canary's, built by
+        ``tailguard.rollout``): its decisions go into this tap with that engine's rows."""
+        return TapFeed(self, engine)
 
     # -- readers (side path) ------------------------------------------------------------------------
     def reader(self) -> TapReader:
@@ -153,6 +164,21 @@ class DecisionTap:
     def run_of_singles(self, lo: int, hi: int) -> bool:
         """Whether ring slots ``lo..hi`` (no wrap) hold single decisions only."""
         return not any(self.batch_rows[lo:hi])
+
+
+class TapFeed:
+    """An engine hook that keeps another engine's decisions in a ``DecisionTap``."""
+
+    def __init__(self, tap: DecisionTap, engine: Engine) -> None:
+        self.tap, self.engine = tap, engine
+
+    def on_decision(self, d: Decision) -> None:
+        """Keep one decision of ``engine`` in the tap."""
+        self.tap._keep(d, self.engine)
+
+    def on_batch(self, d: BatchDecision) -> None:
+        """Keep one batch decision of ``engine`` in the tap."""
+        self.tap._keep_batch(d, self.engine)
 
 
 class TapReader:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import msgspec
 import numpy as np
@@ -42,13 +42,26 @@ from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.spec import ModelSpec, load_spec
 
 if TYPE_CHECKING:
+    # Only for the annotation of ``swap_model``'s keywords (typeshed ships it for mypy).
+    from typing_extensions import Unpack
+
     from tailguard.engine import Engine
     from tailguard.features.view import FeatureView
     from tailguard.service import Service
 
-__all__ = ["PreparedSwap", "SwapReport", "WarmUp", "prepare_swap", "swap_model", "synthetic_rows"]
+__all__ = [
+    "PreparedSwap", "SwapOptions", "SwapReport", "WarmUp", "prepare_swap", "swap_model", "synthetic_rows",
+]
 
 WARM_BATCHES = (1, 8, 64)
+
+
+class SwapOptions(TypedDict, total=False):
+    """The keywords ``swap_model`` passes through to ``prepare_swap`` (see there)."""
+
+    service_dir: str | Path | None
+    recorded_rows: np.ndarray | None
+    warmup: int | None
 
 
 @dataclass(frozen=True)
@@ -244,18 +257,16 @@ def swap_model(
     model_name: str,
     version: str | None = None,
     *,
-    service_dir: str | Path | None = None,
-    recorded_rows: np.ndarray | None = None,
-    warmup: int | None = None,
     owner: OwnerInbox | None = None,
     timeout_s: float = 30.0,
+    **options: Unpack[SwapOptions],
 ) -> SwapReport:
     """Hot-swap ``model_name`` to ``version``: ``prepare_swap`` on this thread, then the warm-up
     steps and the switch on the owner thread through ``owner`` (None: all on this thread; see
-    the module docstring).  ``timeout_s`` bounds the wait for the owner.  Returns a
+    the module docstring).  ``timeout_s`` bounds the wait for the owner; ``options``
+    (``service_dir``, ``recorded_rows``, ``warmup``) go to ``prepare_swap``.  Returns a
     ``SwapReport``; on any refusal raises and the active version keeps serving."""
-    prepared = prepare_swap(target, model_name, version, service_dir=service_dir,
-                            recorded_rows=recorded_rows, warmup=warmup)
+    prepared = prepare_swap(target, model_name, version, **options)
     t0 = time.perf_counter()
     try:
         if owner is None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from services import RedisServer, require_binary
+from services import RedisServer, running_redis
 
 from tailguard.features.view import FeatureView, compile_views
 from tailguard.spec import Duration, EntitySpec, FeatureViewSpec, FieldSpec, ViewSource
@@ -21,10 +21,8 @@ SERVICE = "toy"
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server on a free loopback port for this test module (killed after it)."""
-    server = RedisServer(require_binary("redis-server"), tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture
