@@ -69,7 +69,21 @@ class DecisionTap:
     # -- reply path (engine hooks) ----------------------------------------------------------------
     def on_decision(self, d: Decision) -> None:
         """Keep one decision: two small ``bytes``, six list stores, one increment."""
-        self._keep(d, self.engine)
+        h = self.head
+        if h >= self._limit:
+            self.dropped += 1
+            return
+        i = h & self.mask
+        # The engine's and the assembler's first rows, looked up each time: a batch larger than
+        # their buffers replaces them, even one that then fails validation.  (``_keep`` is the
+        # same for another engine's decisions; inlined here, the reply path's case.)
+        self.features[i] = self.engine._wide_row.tobytes()
+        self.written[i] = self._assembler._written_row.tobytes()
+        self.items[i] = d
+        self.filled[i] = self._assembler.filled_ns
+        self.walls[i] = self._wall()
+        self.monos[i] = self._mono()
+        self.head = h + 1
 
     def _keep(self, d: Decision, engine: Engine) -> None:
         h = self.head
