@@ -30,12 +30,8 @@ if str(HERE) not in sys.path:
 
 from events import History, generate, make_world  # noqa: E402
 
-from tailguard.clock import MonotonicClock  # noqa: E402
-from tailguard.features.assembler import FeatureAssembler  # noqa: E402
-from tailguard.features.store import InMemoryOnlineStore  # noqa: E402
-from tailguard.features.stream import StreamProcessor  # noqa: E402
+from tailguard.features.replaypath import FeatureReplay  # noqa: E402
 from tailguard.features.transforms import load_module  # noqa: E402
-from tailguard.features.view import compile_views  # noqa: E402
 from tailguard.observe.quality import auc  # noqa: E402
 from tailguard.registry.catalog import live_feature_versions  # noqa: E402
 from tailguard.spec import load_spec  # noqa: E402
@@ -53,19 +49,11 @@ MODEL_PARAMS: tuple[tuple[str, tuple[str, ...] | None, int, int, float, int], ..
 )
 
 
-class Replay:
-    """A fresh store and stream processor over the service's compiled views, with the
-    engine's assembler on top: the serving feature path, driven by recorded events."""
+class Replay(FeatureReplay):
+    """The serving feature path (``tailguard.features.replaypath``), driven by recorded events."""
 
     def __init__(self, service_dir: Path) -> None:
-        spec = load_spec(service_dir)
-        self.views = compile_views(spec.feature_views, str(service_dir))
-        self.clock = MonotonicClock()
-        self.store = InMemoryOnlineStore(self.views, spec.entities, clock=self.clock, capacity=4096)
-        self.stream = StreamProcessor(self.views, self.store, entities=spec.entities)
-        # Every view, in spec order: the layout the primary model reads at serving time.
-        self.assembler = FeatureAssembler(self.views, [v.name for v in spec.feature_views], self.store)
-        self.columns = self.assembler.columns
+        super().__init__(service_dir, capacity=4096)
         self.features = load_module(str(service_dir), "features")
 
     def write_catalog(self, history: History) -> None:
