@@ -226,13 +226,14 @@ class Config:
 
 def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, dict[str, Config]]:
     """One service (the copy with ``[drift]``) and each series' side paths on it: ``off`` has
-    none; ``on`` the latency recorder, a decision tap read by an ``AuditLog`` and the
-    ``DriftMonitor``, and a ``DashboardSampler``; the others one of those alone.  One instance
+    none; ``on`` one decision tap (its only hook) read by the latency recorder, an ``AuditLog``
+    and the ``DriftMonitor``, and a ``DashboardSampler``; the others one of those alone.  One instance
     for every series: separate copies would differ in memory layout, which moves a cold call's
     p50 by a few µs from one copy to the next (more than the side paths cost)."""
     from tailguard.audit.log import AuditLog, new_key
     from tailguard.observe.dashboard import DashboardSampler
     from tailguard.observe.drift import DriftMonitor
+    from tailguard.observe.latency import LatencyRecorder
     from tailguard.observe.tap import DecisionTap
 
     svc = tailguard.load_service(drift, record_latency=True)
@@ -241,8 +242,12 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
     for name in names:
         on = name == "on"
         with_latency = on or name == "metrics"
-        tap = DecisionTap(svc.engine, 1 << 16) if on or name in ("audit", "drift") else None
-        svc.latency = latency if with_latency else None  # what a sampler built now will read
+        tap = DecisionTap(svc.engine, 1 << 16, history=1024) if on or name in ("audit", "drift") else None
+        rec = latency
+        if on:  # as Service.decision_tap does: the recorder reads the tap, one hook for all
+            rec = LatencyRecorder()
+            rec.bind_tap(tap)
+        svc.latency = rec if with_latency else None  # what a sampler built now will read
         tasks: dict[str, Any] = {}
         if on or name == "audit":
             key = new_key(workdir / f"{name}.key")
@@ -252,8 +257,8 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
             tasks["drift"].bind_tap(tap)
         if on or name == "dashboard":
             tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300)
-        hooks = [h for h in (latency if with_latency else None, tap) if h is not None]
-        configs[name] = Config(hooks, tasks, tap, latency if with_latency else None)
+        hooks = [h for h in (latency if name == "metrics" else None, tap) if h is not None]
+        configs[name] = Config(hooks, tasks, tap, rec if with_latency else None)
     return svc, configs
 
 

@@ -5,6 +5,13 @@
     tailguard predict SERVICE_DIR KEY [--context JSON] [--priority P] [--budget-us N]
     tailguard drift reference SERVICE_DIR --data FILE [--out PATH]   the drift monitor's reference
     tailguard features ingest|training-set|materialize|backfill|diff ...   the feature store
+    tailguard serve SERVICE_DIR [--tcp ...] [--http ...] [--online-url redis://...] ...
+    tailguard audit keygen|verify|replay|ship|pull|erase ...   the tamper-evident decision log
+    tailguard models list|show|verify|sign SERVICE_DIR ...     model versions (docs/registry.md)
+    tailguard optimize SERVICE_DIR MODEL --data FILE [--max-loss X] [--write best]
+    tailguard rollout status|shadow|canary|ab|promote|rollback SERVICE_DIR --redis URL
+    tailguard check-budget SERVICE_DIR [--rate R] [--shift FILE] [--data FILE --accuracy-floor X]
+    tailguard bench --tcp HOST:PORT --rate R ...                the open-loop load generator
 
 Errors of the service (bad spec, missing model files, version mismatch) print one line with
 their stable code and exit with status 2.
@@ -317,6 +324,10 @@ def _parser() -> argparse.ArgumentParser:
     register_models(sub)
     from tailguard.optimize.commands import register_optimize
     register_optimize(sub)
+    from tailguard.checkbudget.commands import register_check_budget
+    register_check_budget(sub)
+    from tailguard.rollout.commands import register_rollout
+    register_rollout(sub)
     return ap
 
 

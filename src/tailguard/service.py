@@ -95,12 +95,18 @@ class Service:
     def decision_tap(self) -> DecisionTap:
         """The service's shared ``DecisionTap`` (``tailguard.observe.tap``): one copy of each
         decision's rows on the reply path for every side task that reads them.  Made and
-        installed as an engine hook on first use."""
+        installed as an engine hook on first use; the latency recorder, if installed as a hook,
+        is moved onto it (so the engine keeps one hook)."""
         tap = self._tap
         if tap is None:
-            tap = DecisionTap(self.engine, 1 << 16)
+            tap = DecisionTap(self.engine, 1 << 16, history=1024)
             self._tap = tap
-            self.engine.set_hooks([*self.engine.hooks, tap])
+            hooks = list(self.engine.hooks)
+            if self.latency is not None and self.latency in hooks:
+                # The latency recorder reads the tap too: one reply-path hook for all side paths.
+                hooks.remove(self.latency)
+                self.latency.bind_tap(tap)
+            self.engine.set_hooks([*hooks, tap])
         return tap
 
     def close(self) -> None:
@@ -141,17 +147,15 @@ class Service:
     def side_backlog(self) -> int:
         """Decisions waiting for the side path: the most any reader of the shared tap has not
         taken yet, or the latency recorder's queue once it holds a whole chunk (it folds only
-        whole chunks in a budgeted drain).  Cheap (a few integer reads):
-        an owner checks it after each reply to run a side-path slice only once enough work
-        has gathered for the slice's fixed costs to be spread thin."""
-        tap = self._tap
-        n = 0
-        if self.latency is not None:
-            n = self.latency.pending()
-            if n < self.latency.chunk:
-                n = 0
-        if tap is not None:
-            n = max(n, tap.backlog())
+        whole chunks in a budgeted drain, so a partial one is no reason to run).  Cheap (a few
+        integer reads): an owner checks it after each reply to run a side-path slice only once
+        enough work has gathered for the slice's fixed costs to be spread thin."""
+        tap, lat = self._tap, self.latency
+        n = 0 if tap is None else tap.backlog(ignore=None if lat is None else lat.reader)
+        if lat is not None:
+            waiting = lat.pending()
+            if waiting >= lat.chunk:
+                n = max(n, waiting)
         return n
 
     def latency_snapshot(self) -> dict[str, Any]:

@@ -311,9 +311,9 @@ def test_attached_it_reads_the_shared_tap_and_drops_what_its_ring_cannot_hold(
     m = monitor(live, ref, window=1000, min_window=10, capacity=64)
     log = AuditLog.for_service(live, tmp_path / "audit", bytes(32))
     live.attach(log)
-    # One hook for both: the service's tap (the drift monitor and the log only read it).
-    assert len(live.engine.hooks) == hooks_before + 1
-    assert live.engine.hooks[-1] is live.decision_tap()
+    # One hook for all: the service's tap (the drift monitor, the log and the latency recorder,
+    # which was a hook of its own before, only read it).
+    assert hooks_before == 1 and live.engine.hooks == (live.decision_tap(),)
     Traffic(live, seed=9).run(100)
     live.engine.predict_batch(KEYS, CTX)
     assert m.queued_rows == 120 and log.pending == 101  # still in the tap

@@ -7,7 +7,7 @@ from toyservice import CTX, feed
 
 from tailguard import Service
 from tailguard.features.store import NEVER
-from tailguard.observe.tap import DecisionTap
+from tailguard.observe.tap import DECISION, FILLED, MONO, ROWS, WALL, DecisionTap, singles
 from tailguard.testing import FakeClock
 
 KEYS = [f"k{i}" for i in range(5)]
@@ -21,12 +21,12 @@ def test_a_decision_is_kept_with_its_feature_row_write_times_and_times(service: 
     clock.advance(2.0)
     d = service.engine.predict("a", CTX)
     i = 0
-    assert tap.items[i] is d and tap.batch_rows[i] == 0
+    assert tap.slots[i][DECISION] is d and tap.slots[i][ROWS] == 0
     assert np.array_equal(tap.row_features(i)[0], service.engine.last_features(1)[0])
     assert np.array_equal(tap.row_written(i)[0], service.engine.last_written_ns(1)[0])
     assert tap.row_written(i)[0, 0] != NEVER  # "a" was written by feed()
-    assert tap.walls[i] == 1_700_000_000_000_000_000 and tap.monos[i] == clock.now_ns()
-    assert tap.filled[i] == service.engine.assembler.filled_ns
+    assert tap.slots[i][WALL] == 1_700_000_000_000_000_000 and tap.slots[i][MONO] == clock.now_ns()
+    assert tap.slots[i][FILLED] == service.engine.assembler.filled_ns
 
 
 def test_a_batch_keeps_copies_of_all_its_rows(service: Service) -> None:
@@ -35,10 +35,10 @@ def test_a_batch_keeps_copies_of_all_its_rows(service: Service) -> None:
     bd = service.engine.predict_batch(KEYS, CTX)
     rows = service.engine.last_features(len(KEYS)).copy()
     service.engine.predict("zz", CTX)  # overwrites the engine's buffer
-    assert tap.batch_rows[0] == len(KEYS) and tap.items[0] is bd
+    assert tap.slots[0][ROWS] == len(KEYS) and tap.slots[0][DECISION] is bd
     assert np.array_equal(tap.row_features(0), rows)
     assert tap.row_written(0).shape == (len(KEYS), tap.n_views)
-    assert not tap.run_of_singles(0, 2) and tap.run_of_singles(1, 2)
+    assert not singles(tap.entries(0, 2)) and singles(tap.entries(1, 1))
 
 
 def test_each_reader_takes_every_decision_once_and_the_slowest_holds_entries(service: Service) -> None:
@@ -50,12 +50,12 @@ def test_each_reader_takes_every_decision_once_and_the_slowest_holds_entries(ser
     assert (fast.pending(), slow.pending(), tap.backlog()) == (4, 4, 4)
     fast.advance(tap.head)
     assert (fast.pending(), tap.backlog()) == (0, 4)
-    assert all(item is not None for item in tap.items)  # the slow reader still needs them
+    assert all(e is not None for e in tap.slots)  # the slow reader still needs them
     service.engine.predict("k9", CTX)  # full for the slow reader: not kept
     assert (tap.dropped, tap.head, slow.missed(), fast.missed()) == (1, 4, 1, 1)
     assert slow.missed() == 0  # reported once
     slow.advance(tap.head)
-    assert tap.items == [None] * 4  # every reader passed them: freed
+    assert tap.slots == [None] * 4  # every reader passed them: freed
     service.engine.predict("k8", CTX)
     assert tap.head == 5 and fast.pending() == slow.pending() == 1
 
@@ -80,7 +80,8 @@ def test_attached_tasks_share_one_tap_hook_and_the_backlog_counts_it(service: Se
     b = AuditLog.for_service(service, tmp_path / "b", bytes(32))
     service.attach(a)
     service.attach(b)
-    assert len(service.engine.hooks) == hooks + 1 and service.engine.hooks[-1] is service.decision_tap()
+    # One hook: the tap (the latency recorder, a hook before, now reads it as well).
+    assert hooks == 1 and service.engine.hooks == (service.decision_tap(),)
     for k in KEYS:
         service.engine.predict(k, CTX)
     assert service.side_backlog() == len(KEYS) and (a.pending, b.pending) == (5, 5)
@@ -102,3 +103,21 @@ def test_rows_after_a_failed_oversized_batch_are_the_engines_new_buffers(service
         service.engine.predict_batch(big, {"price": [1.0, 2.0], "size": 3.0})
     service.engine.predict("k1", CTX)
     assert np.array_equal(tap.row_features(0)[0], service.engine.last_features(1)[0])
+
+
+def test_the_latency_recorder_moves_onto_the_tap_and_counts_every_decision(service: Service,
+                                                                           tmp_path) -> None:
+    from tailguard.audit.log import AuditLog
+
+    assert service.latency is not None
+    for k in KEYS[:3]:
+        service.engine.predict(k, CTX)  # through the recorder's own hook
+    service.attach(AuditLog.for_service(service, tmp_path / "a", bytes(32)))
+    assert service.latency not in service.engine.hooks
+    for k in KEYS:
+        service.engine.predict(k, CTX)
+    service.engine.predict_batch(KEYS, CTX)
+    assert service.latency.pending() == 3 + 6
+    snap = service.latency_snapshot()
+    assert snap["predict"]["total"]["count"] == 8.0 and snap["predict_batch"]["total"]["count"] == 1.0
+    assert service.latency.pending() == 0

@@ -67,7 +67,7 @@ from tailguard.audit.verify import SegmentInfo, verify
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 from tailguard.features.store import NEVER
-from tailguard.observe.tap import DecisionTap
+from tailguard.observe.tap import FILLED, WRITTEN, DecisionTap, singles
 
 if TYPE_CHECKING:
     from tailguard.service import Service
@@ -272,41 +272,35 @@ class AuditLog:
         tap, reader = self._tap, self._reader
         width, pii, hashes = self._assembler.width, self.pii, self._hashes
         encode, mac, buf, pack = self._encoder.encode, self._mac, self._buf, LEN.pack
-        items, walls, monos, filled = tap.items, tap.walls, tap.monos, tap.filled
-        features, written, aw, ages1 = tap.features, tap.written, 8 * tap.n_views, self._ages1
+        aw, ages1 = 8 * tap.n_views, self._ages1
         now = time.perf_counter_ns
         pos = reader.position
         total = min(tap.head - pos, limit)
         seq, prev, start, k, t0 = self._seq, self._prev, len(self._buf), 0, now()
         stop = False
         while k < total and not stop:
-            lo = (pos + k) & tap.mask
-            m = min(total - k, tap.capacity - lo, _RUN)
-            singles = m >= _SMALL_RUN and tap.run_of_singles(lo, lo + m)
-            if singles:
-                w = np.frombuffer(b"".join(written[lo:lo + m]), dtype=np.int64).reshape(m, -1)
-                ab = self._ages(w, np.array(filled[lo:lo + m], dtype=np.int64)[:, None])
-            for j in range(m):
+            run = tap.entries(pos + k, min(total - k, tap.capacity - ((pos + k) & tap.mask), _RUN))
+            ones = len(run) >= _SMALL_RUN and singles(run)
+            if ones:
+                w = np.frombuffer(b"".join([e[WRITTEN] for e in run]), dtype=np.int64).reshape(len(run), -1)
+                ab = self._ages(w, np.array([e[FILLED] for e in run], dtype=np.int64)[:, None])
+            for j, (d, feats, written, filled, wall, mono, rows) in enumerate(run):
                 if end is not None and k >= first:  # stop before a record of the mean cost would overrun
                     t = now()
                     if t + ((t - t0) // k if k else 0) >= end:
                         stop = True
                         break
-                i = lo + j
-                d = items[i]
-                if type(d) is Decision:
+                if not rows:
                     rungs, flags, keys = [d.rung_index], [d.flags], d.key
                 else:
                     rungs, flags, keys = d.rungs.tolist(), d.flags.tolist(), d.keys
                     keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
-                feats = features[i]
-                if singles:
+                if ones:
                     ages = ab[j * aw:(j + 1) * aw]
-                elif type(d) is Decision:
-                    f = filled[i]
-                    ages = ages1.pack(*[NO_AGE if w == NEVER else f - w for w in ages1.unpack(written[i])])
+                elif not rows:
+                    ages = ages1.pack(*[NO_AGE if v == NEVER else filled - v for v in ages1.unpack(written)])
                 else:
-                    ages = self._ages(np.frombuffer(written[i], dtype=np.int64), filled[i])
+                    ages = self._ages(np.frombuffer(written, dtype=np.int64), filled)
                 if pii is not None:
                     keys = pii.apply(keys)
                 version = d.model_version
@@ -314,7 +308,7 @@ class AuditLog:
                 if model_hash is None:
                     model_hash = self._model_hash(version)
                     hashes = self._hashes
-                payload = encode(DecisionRecord(seq, walls[i], monos[i], keys, d.priority, version, rungs,
+                payload = encode(DecisionRecord(seq, wall, mono, keys, d.priority, version, rungs,
                                                 flags, width, feats, len(d.output_names), d.outputs.tobytes(),
                                                 list(d.timings_ns), "", model_hash, ages))
                 h = mac.copy()

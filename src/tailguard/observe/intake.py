@@ -29,7 +29,7 @@ import numpy as np
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 from tailguard.observe.labels import PendingPredictions, key_of, row_keys
-from tailguard.observe.tap import DecisionTap, TapReader
+from tailguard.observe.tap import DECISION, FEATURES, MONO, ROWS, DecisionTap, TapReader, singles
 
 __all__ = ["DecisionRing"]
 
@@ -106,20 +106,22 @@ class DecisionRing:
         if missed:
             self.dropped_decisions += missed
         pos, head = r.position, tap.head
-        items, monos, rows = tap.items, tap.monos, tap.batch_rows
         width = self._feat.shape[1]
         p = pos
         while p < head:
-            lo = p & tap.mask
-            m = min(head - p, tap.capacity - lo, self.capacity - (self._head - self._tail))
-            if m > 0 and tap.run_of_singles(lo, lo + m):  # the common case: one copy for the run
-                feats = np.frombuffer(b"".join(tap.features[lo:lo + m]), dtype=np.float32).reshape(m, width)
-                self._put_run(feats, items[lo:lo + m], monos[lo:lo + m])
+            free = self.capacity - (self._head - self._tail)
+            run = tap.entries(p, min(head - p, tap.capacity - (p & tap.mask), max(free, 1)))
+            if free > 0 and singles(run):  # the common case: one copy for the run
+                m = len(run)
+                joined = b"".join([e[FEATURES] for e in run])
+                feats = np.frombuffer(joined, dtype=np.float32).reshape(m, width)
+                self._put_run(feats, [e[DECISION] for e in run], [e[MONO] for e in run])
                 p += m
             else:
-                n = rows[lo] or 1
-                self._put(np.frombuffer(tap.features[lo], dtype=np.float32).reshape(n, width), items[lo],
-                          monos[lo])
+                e = run[0]
+                n = e[ROWS] or 1
+                rows = np.frombuffer(e[FEATURES], dtype=np.float32).reshape(n, width)
+                self._put(rows, e[DECISION], e[MONO])
                 p += 1
         r.advance(head)
         return head - pos
@@ -168,7 +170,7 @@ class DecisionRing:
         if r is not None:
             tap = r.tap
             for p in range(r.position, tap.head):
-                n += tap.batch_rows[p & tap.mask] or 1
+                n += tap.slots[p & tap.mask][ROWS] or 1
         return n
 
     def _convert(self, limit: int) -> int:

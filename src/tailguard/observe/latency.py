@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tailguard.decision import STAGES, BatchDecision, Decision
+from tailguard.observe.tap import DECISION, ROWS, DecisionTap, TapReader
 
 __all__ = ["LatencyRecorder", "StageHistograms", "bucket_high", "bucket_index"]
 
@@ -143,6 +144,7 @@ class LatencyRecorder:
         self._head = [0, 0]  # written
         self._tail = [0, 0]  # drained
         self.chunk = max(1, min(chunk, capacity))
+        self._reader: TapReader | None = None
         self.dropped = 0
         self.stages = stages
         self.one = StageHistograms(stages)
@@ -191,8 +193,44 @@ class LatencyRecorder:
         self._head[1] = h + 1
 
     def pending(self) -> int:
-        """Timings queued and not yet drained."""
-        return (self._head[0] - self._tail[0]) + (self._head[1] - self._tail[1])
+        """Timings queued and not yet drained (in the rings, and in the tap when bound)."""
+        n = (self._head[0] - self._tail[0]) + (self._head[1] - self._tail[1])
+        return n if self._reader is None else n + self._reader.pending()
+
+    @property
+    def reader(self) -> TapReader | None:
+        """This recorder's position in the tap it is bound to (None: it is an engine hook)."""
+        return self._reader
+
+    def bind_tap(self, tap: DecisionTap) -> None:
+        """Read decisions' timings from ``tap`` (the service's shared ``DecisionTap``) on the
+        side path instead of being an engine hook: one reply-path hook serves every side path
+        (``Service.decision_tap`` binds the service's recorder when it makes the tap)."""
+        self._reader = tap.reader()
+
+    def _drain_tap(self, end: int | None) -> int:
+        """Fold the tap's entries (whole chunks of ``chunk`` under a budget); returns how many."""
+        r = self._reader
+        assert r is not None
+        whole = 1 if end is None else self.chunk
+        most = _CHUNK if end is None else self.chunk
+        done = 0
+        w = self._w
+        while r.pending() >= whole:
+            if end is not None and time.perf_counter_ns() >= end:
+                break
+            run = r.run(most)
+            one = [e[DECISION].timings_ns for e in run if not e[ROWS]]
+            if one and all(len(t) == w for t in one):
+                self.one.record_array(np.array(one, dtype=np.int64))
+            elif one:
+                self.one.record_many([tuple(t[:w]) + (0,) * (w - len(t[:w])) for t in one])
+            many = [e[DECISION].timings_ns for e in run if e[ROWS]]
+            if many:
+                self.batch.record_many([tuple(t[:w]) + (0,) * (w - len(t[:w])) for t in many])
+            r.advance(r.position + len(run))
+            done += len(run)
+        return done
 
     def drain(self, budget_ns: int | None = None) -> int:
         """Move queued timings into the histograms; returns how many.  ``None``: all of them.
@@ -201,6 +239,8 @@ class LatencyRecorder:
         done = 0
         now = time.perf_counter_ns
         end = None if budget_ns is None else now() + budget_ns
+        if self._reader is not None:
+            done += self._drain_tap(end)
         cap, w = self._cap, self._w
         whole = 1 if end is None else self.chunk
         most = _CHUNK if end is None else self.chunk

@@ -21,9 +21,9 @@ import numpy as np
 from tailguard.decision import STAGES
 from tailguard.features.store import NEVER
 from tailguard.observe.latency import StageHistograms, bucket_index
+from tailguard.observe.tap import FILLED, WRITTEN, DecisionTap
 
 if TYPE_CHECKING:
-    from tailguard.observe.tap import DecisionTap
     from tailguard.service import Service
 
 __all__ = [
@@ -186,10 +186,11 @@ def _decision_ages(tap: DecisionTap, window: int = DECISION_AGES_WINDOW) -> dict
     names = tap.engine.assembler.stored_views
     if not slots or not names:
         return {name: np.empty(0, dtype=np.int64) for name in names}
-    chunks = [tap.written[s] for s in slots]
+    kept = [e for e in (tap.slots[s] for s in slots) if e is not None]  # released: gone
+    chunks = [e[WRITTEN] for e in kept]
     w_all = np.frombuffer(b"".join(chunks), dtype=np.int64).reshape(-1, len(names))
     rows_per = np.array([len(c) for c in chunks], dtype=np.int64) // (8 * len(names))
-    f_all = np.repeat(np.array([tap.filled[s] for s in slots], dtype=np.int64), rows_per)
+    f_all = np.repeat(np.array([e[FILLED] for e in kept], dtype=np.int64), rows_per)
     out = {}
     for j, name in enumerate(names):
         col = w_all[:, j]

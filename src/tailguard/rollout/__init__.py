@@ -9,7 +9,10 @@
 * ``rollout.stats``: the A/B test, an mSPRT with an always-valid p-value;
 * ``rollout.window`` and ``rollout.controller``: guards judged on a window, automatic
   rollback with the reason recorded, promotion, the serialisable ``RolloutState``;
-* ``rollout.front``: ``Rollout``, the object callers decide through during a rollout.
+* ``rollout.front``: ``Rollout``, the object callers decide through during a rollout;
+* ``rollout.goal`` and ``rollout.follower``: the goal state in Redis (compare-and-set, change
+  notices, polling) and ``GoalFollower``, which keeps a replica's rollout on it;
+* ``rollout.commands``: ``tailguard rollout status|shadow|canary|ab|promote|rollback``.
 
 See docs/rollout.md.
 """
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 from tailguard.rollout.ab import Exposure
 from tailguard.rollout.controller import EventKind, Phase, RolloutEvent, RolloutState
+from tailguard.rollout.follower import GoalFollower
 from tailguard.rollout.front import Rollout
+from tailguard.rollout.goal import Goal, GoalConflict, GoalPhase, GoalRefused, GoalStore, GoalStoreUnavailable
 from tailguard.rollout.plan import Guards, PlanError, RolloutPlan, Stage, StageKind, parse_plan
 from tailguard.rollout.stats import MSPRT
 
@@ -26,6 +31,13 @@ __all__ = [
     "MSPRT",
     "EventKind",
     "Exposure",
+    "Goal",
+    "GoalConflict",
+    "GoalFollower",
+    "GoalPhase",
+    "GoalRefused",
+    "GoalStore",
+    "GoalStoreUnavailable",
     "Guards",
     "Phase",
     "PlanError",

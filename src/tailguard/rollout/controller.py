@@ -178,6 +178,20 @@ class Controller:
         self._enter(0, now)
         return ev
 
+    def goto_stage(self, index: int, reason: str = "moved on by the goal state") -> RolloutEvent:
+        """Enter stage ``index`` now (``ACTIVE`` only, forward only), recording a ``STAGE`` event:
+        a replica following a goal that an operator or another replica moved on."""
+        st = self.state
+        if st.phase is not Phase.ACTIVE:
+            raise RuntimeError(f"cannot change the stage of a rollout that is {st.phase.value}")
+        if not st.stage < index < len(st.plan.stages):
+            raise ValueError(f"stage {index} is not ahead of stage {st.stage} in a plan of "
+                             f"{len(st.plan.stages)} stages")
+        now = self.clock.now_ns()
+        ev = self._event(EventKind.STAGE, reason, self.window.figures(), now)
+        self._enter(index, now)
+        return ev
+
     def promote(self, reason: str = "promoted by hand") -> RolloutEvent:
         """Make the candidate stable now (from ``DEPLOYED`` or ``ACTIVE``)."""
         if self.state.phase not in (Phase.DEPLOYED, Phase.ACTIVE):
