@@ -138,16 +138,22 @@ def pct(lat_ns: np.ndarray, q: float) -> float:
     return float(np.percentile(lat_ns, q) / 1e3) if len(lat_ns) else float("nan")
 
 
+def staged_service(workdir: Path, args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str]]:
+    """A copy of the trading example in ``workdir`` with version 2 of ``alpha`` staged beside
+    the serving version 1, loaded, fed ``args.history`` ticks; its quotes and their symbols."""
+    service_dir = prepare_copy(workdir)
+    svc = tailguard.load_service(service_dir)
+    add_version_2(service_dir)
+    quotes = quotes_from_history(svc, args.history, args.seed)
+    return svc, quotes, sorted(quotes)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One benchmark run; returns the summary."""
     ensure_models()
     workdir = Path(tempfile.mkdtemp(prefix="tailguard-rollout-"))
     try:
-        service_dir = prepare_copy(workdir)
-        svc = tailguard.load_service(service_dir)
-        add_version_2(service_dir)
-        quotes = quotes_from_history(svc, args.history, args.seed)
-        symbols = sorted(quotes)
+        svc, quotes, symbols = staged_service(workdir, args)
         inbox = OwnerInbox()
         svc.attach(inbox)
         svc.run_side_path()
@@ -290,11 +296,7 @@ def bad_canary(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """One bad-canary run (``kind``: "slow" or "error"); see the module docstring."""
     workdir = Path(tempfile.mkdtemp(prefix="tailguard-canary-"))
     try:
-        service_dir = prepare_copy(workdir)
-        svc = tailguard.load_service(service_dir)
-        add_version_2(service_dir)
-        quotes = quotes_from_history(svc, args.history, args.seed)
-        symbols = sorted(quotes)
+        svc, quotes, symbols = staged_service(workdir, args)
         engine = svc.engine
         clients = 10_000
         now = time.perf_counter_ns

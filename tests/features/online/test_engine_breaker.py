@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from enginekit import EVENTUAL, UNCONFIRMED, UNFED, wait_for
 from services import RedisServer
 from toyservice import CTX, feed, render_spec
 
@@ -43,17 +43,6 @@ breaker_window = {window}
 breaker_open = "1s"
 breaker_slow = "10ms"
 """
-EVENTUAL = 'ttl = "10s"\nconsistency = "eventual"\nmax_staleness = "500ms"'
-UNFED = Flag.FEATURES_UNAVAILABLE
-UNCONFIRMED = Flag.UNCONFIRMED_FEATURE
-
-
-def wait_for(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Poll a condition the listener thread makes true (a readiness wait, not a race fix)."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 Loader = Callable[..., Service]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from enginekit import EVENTUAL, UNCONFIRMED, UNFED, wait_for
 from services import RedisServer, free_port
 from toyservice import CTX, feed, render_spec
 
@@ -35,17 +35,6 @@ url = "redis://127.0.0.1:1/0"
 timeout = "200ms"
 heartbeat = "1h"
 """
-EVENTUAL = 'ttl = "10s"\nconsistency = "eventual"\nmax_staleness = "500ms"'
-UNFED = Flag.FEATURES_UNAVAILABLE
-UNCONFIRMED = Flag.UNCONFIRMED_FEATURE
-
-
-def wait_for(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Poll a condition the listener thread makes true (a readiness wait, not a race fix)."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 def redis_dir(toy_dir: Path, dest: Path, *, eventual: bool = False) -> Path:
