@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from alertkit import ListSink
 from toyservice import CTX, feed
 
 import tailguard.observe.drift as drift_module
 from tailguard import Service
 from tailguard.audit.log import AuditLog
-from tailguard.observe.alerts import AlertEvent
 from tailguard.observe.drift import DriftMonitor
 from tailguard.observe.reference import DriftError, DriftReferenceError, Reference
 from tailguard.observe.reference_data import build_service_reference
@@ -26,24 +26,6 @@ from tailguard.testing import FakeClock
 pytest.importorskip("river")
 
 KEYS = [f"k{i}" for i in range(20)]
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[AlertEvent] = []
-        self.closed = False
-
-    def send(self, event: AlertEvent) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def statistics(self) -> dict[str, Any]:
-        return {"sent": len(self.events), "failed": 0, "dropped": 0}
-
-    def of(self, signal: str) -> list[str]:
-        return [e.state for e in self.events if e.signal == signal]
 
 
 class Traffic:

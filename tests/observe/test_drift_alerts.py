@@ -4,31 +4,13 @@ and sinks that raise never stopping the side path."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from alertkit import ListSink
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tailguard.observe.alerts import AlertEvent, Alerts, AlertState, Hysteresis
 from tailguard.testing import FakeClock
-
-
-class ListSink:
-    """Keeps what it is sent."""
-
-    def __init__(self) -> None:
-        self.events: list[AlertEvent] = []
-        self.closed = False
-
-    def send(self, event: AlertEvent) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def statistics(self) -> dict[str, Any]:
-        return {"sent": len(self.events), "failed": 0, "dropped": 0}
 
 
 class BrokenSink(ListSink):

@@ -27,6 +27,12 @@ _CHUNK = 1024  # most decisions folded by one numpy pass
 _ZEROS = [0] * (_CHUNK * 8)
 
 
+def _fit(timings: Any, w: int) -> list[int]:
+    """A timing tuple of any length as exactly ``w`` integers (cut, or padded with 0)."""
+    t = list(timings[:w])
+    return t + [0] * (w - len(t))
+
+
 def bucket_index(values: np.ndarray) -> np.ndarray:
     """HDR bucket index of each value (int64 ns >= 1): exact below 2048, then 1024
     sub-buckets per power of two (3 significant digits, HdrHistogram's own layout)."""
@@ -153,8 +159,7 @@ class LatencyRecorder:
     @staticmethod
     def _put(ring: list[int], slot: int, w: int, timings: Any) -> None:
         """Store one timing tuple of any length as exactly ``w`` integers (pad with 0, cut)."""
-        t = list(timings[:w])
-        ring[slot * w : slot * w + w] = t + [0] * (w - len(t))
+        ring[slot * w : slot * w + w] = _fit(timings, w)
 
     def record(self, timings: Any) -> None:
         """Queue one timing tuple or list in ``stages`` order (reply path: one slice store,
@@ -224,10 +229,10 @@ class LatencyRecorder:
             if one and all(len(t) == w for t in one):
                 self.one.record_array(np.array(one, dtype=np.int64))
             elif one:
-                self.one.record_many([tuple(t[:w]) + (0,) * (w - len(t[:w])) for t in one])
+                self.one.record_many([_fit(t, w) for t in one])
             many = [e[DECISION].timings_ns for e in run if e[ROWS]]
             if many:
-                self.batch.record_many([tuple(t[:w]) + (0,) * (w - len(t[:w])) for t in many])
+                self.batch.record_many([_fit(t, w) for t in many])
             r.advance(r.position + len(run))
             done += len(run)
         return done
