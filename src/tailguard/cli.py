@@ -10,6 +10,7 @@
     tailguard models list|show|verify|sign SERVICE_DIR ...     model versions (docs/registry.md)
     tailguard optimize SERVICE_DIR MODEL --data FILE [--max-loss X] [--write best]
     tailguard rollout status|shadow|canary|ab|promote|rollback SERVICE_DIR --redis URL
+    tailguard stress SCENARIO|all|soak [--seconds S] [--json]
     tailguard check-budget SERVICE_DIR [--rate R] [--shift FILE] [--data FILE --accuracy-floor X]
     tailguard bench --tcp HOST:PORT --rate R ...                the open-loop load generator
 
@@ -107,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tailguard.serve.workers import serve
 
     tcp, unix, http = args.tcp, args.unix, args.http
-    if not (tcp or unix or http):
+    if not (tcp or unix or http or args.nats):
         tcp, http = "127.0.0.1:7470", "127.0.0.1:8470"
     config = ServeConfig(
         tcp=tcp,
@@ -136,7 +137,14 @@ def _serve(args: argparse.Namespace) -> int:
         dashboard_interval_s=args.dashboard_interval,
         record_latency=not args.no_latency_recording,
         online_url=args.online_url,
+        rollout_redis=args.rollout_redis,
+        online_read_cap=not args.no_online_read_cap,
+        nats=args.nats,
+        nats_subject=args.nats_subject,
+        nats_queue=args.nats_queue,
     )
+    if (args.nats_subject or args.nats_queue is not None) and not args.nats:
+        raise SpecError("--nats-subject and --nats-queue need --nats")
     if args.trace_sample is not None and not args.otlp_endpoint:
         raise SpecError("--trace-sample sets how much to trace: it needs --otlp-endpoint")
     if args.otlp_endpoint:
@@ -269,8 +277,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="one /dashboard point every this often (default 1; 0: dashboard off)")
     s.add_argument("--no-latency-recording", action="store_true",
                    help="no per-stage latency histograms (/metrics and /dashboard then lack them)")
+    s.add_argument("--rollout-redis", metavar="redis://HOST:PORT/DB",
+                   help="follow the service's rollout goal in this Redis (tailguard rollout ...; "
+                        "docs/rollout.md)")
     s.add_argument("--online-url", metavar="redis://HOST:PORT/DB",
                    help="the shared online store's URL, overriding the spec's [online] url")
+    s.add_argument("--no-online-read-cap", action="store_true",
+                   help="let a Redis read wait as long as its own request's budget (default: at most "
+                        "the tightest class budget, so a bulk read never holds up critical requests)")
+    s.add_argument("--nats", metavar="nats://HOST:PORT",
+                   help="also serve the binary protocol over NATS request-reply (every worker joins a "
+                        "queue group; docs/protocol.md)")
+    s.add_argument("--nats-subject", metavar="SUBJECT",
+                   help="the request subject (default tailguard.<service>.predict)")
+    s.add_argument("--nats-queue", metavar="GROUP",
+                   help="the queue group the workers join (default: the service name)")
     s.set_defaults(fn=_serve)
     a = sub.add_parser("audit", help="the tamper-evident decision log: keygen, verify, replay")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -328,6 +349,8 @@ def _parser() -> argparse.ArgumentParser:
     register_check_budget(sub)
     from tailguard.rollout.commands import register_rollout
     register_rollout(sub)
+    from tailguard.stress.commands import register_stress
+    register_stress(sub)
     return ap
 
 

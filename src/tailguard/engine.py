@@ -32,7 +32,7 @@ from tailguard.features.assembler import FeatureAssembler
 from tailguard.features.keyrows import rows_many, rows_one
 from tailguard.features.remote import RemoteFeatures, feature_counters
 from tailguard.features.store import InMemoryOnlineStore
-from tailguard.resilience.ladder import LastGood, Rung, swapped_ladder
+from tailguard.resilience.ladder import LastGood, Rung, arm_breakers, swapped_ladder
 from tailguard.resilience.probe import Prober
 from tailguard.spec import PriorityClass, RungKind
 
@@ -86,6 +86,7 @@ class Engine:
         self.store = store
         self.assembler = assembler
         self.rungs = tuple(rungs)
+        arm_breakers(self.rungs, self.clock)
         self.output_names = output_names
         self._k1 = len(output_names) == 1
         self.rung_names = tuple(r.name for r in self.rungs)
@@ -119,6 +120,7 @@ class Engine:
         self.skipped = [0] * n
         self.failed = [0] * n
         self.timeouts = [0] * n
+        self.short_circuited = [0] * n
         self._model_failed = False
         # Kept free below an isolated model's wait: the lower rungs' work plus the timer's
         # wake-up overshoot (a timed wait here overshot by up to ~250 us on a 2-core VM).
@@ -215,7 +217,8 @@ class Engine:
             if self.remote is None:
                 flags = self.assembler.fill_one(rows, context, self._wide_row, t1)
             else:
-                flags = self.remote.fill_one(keys, context, self._wide_row, t1)
+                flags = self.remote.fill_one(keys, context, self._wide_row, t1,
+                                             t0 + budget_ns if deadline_ns is None else deadline_ns)
         except ValidationError:
             self.invalid += 1
             raise
@@ -239,11 +242,14 @@ class Engine:
                         flags |= _FAILED
                     continue
                 if not isfinite(y[0, 0] if k1 else y.sum()):
-                    self.failed[rung.index] += 1
+                    self._failed_answer(rung)
                     flags |= _FAILED
                     continue
                 out = y[0].copy()
                 version = rung.label
+                br = rung.breaker
+                if br is not None and (br.state or br.streak):  # a trial, or failures to forget
+                    br.success(br.now())
                 self._last_good.put(rows[0], out, self._last_observed[rung.index])
                 break
             if kind is _LAST_GOOD:
@@ -305,7 +311,8 @@ class Engine:
             if self.remote is None:
                 flags = self.assembler.fill_many(rows, context, self._wide, t1)
             else:
-                flags = self.remote.fill_many(keys, n, context, self._wide, t1)
+                flags = self.remote.fill_many(keys, n, context, self._wide, t1,
+                                              t0 + budget_ns if deadline_ns is None else deadline_ns)
         except ValidationError:
             self.invalid += 1
             raise
@@ -328,6 +335,9 @@ class Engine:
             out = y.copy()
             rung_of = np.full(n, start_rung, dtype=np.int8)
             version = first.label
+            br = first.breaker
+            if br is not None and (br.state or br.streak):
+                br.success(br.now())
             self._last_good.put_many(primary_rows, out, self._last_observed[start_rung])
             t3 = now()
             self.answered[start_rung] += n
@@ -384,8 +394,10 @@ class Engine:
                 good = np.isfinite(y).all(axis=1)
                 take = pending & good
                 if not good.all():
-                    self.failed[rung.index] += 1
+                    self._failed_answer(rung)
                     flags[pending & ~good] |= _FAILED
+                elif rung.breaker is not None and (rung.breaker.state or rung.breaker.streak):
+                    rung.breaker.success(rung.breaker.now())
                 if take.any():
                     out[take] = y[take]
                     rung_of[take] = rung.index
@@ -417,6 +429,12 @@ class Engine:
         raised (then ``self._model_failed`` is set).  Every outcome is counted.
         """
         self._model_failed = False
+        br = rung.breaker
+        if br is not None and br.state and not br.allow():
+            # Open: the model keeps failing; straight to the next rung, no call, no timeout.
+            self.short_circuited[rung.index] += 1
+            self._model_failed = True
+            return None
         m = rung.model
         assert m is not None
         st = m.service_time
@@ -445,15 +463,24 @@ class Engine:
                 y = iso.call(x, deadline - ts - self._reserve_ns(rung, n))
                 if y is None:
                     self.timeouts[rung.index] += 1
+                    if br is not None:
+                        br.failure(ts)
                     return None
         except Exception:
-            self.failed[rung.index] += 1
+            self._failed_answer(rung)
             self._model_failed = True
             return None
         te = now()
         st.observe(n, te - ts)
         self._last_observed[rung.index] = te
         return y
+
+    def _failed_answer(self, rung: Rung) -> None:
+        """A model rung raised or answered non-finite values: counted, and told to its breaker."""
+        self.failed[rung.index] += 1
+        br = rung.breaker
+        if br is not None:
+            br.failure(br.now())
 
     def last_features(self, n: int) -> np.ndarray:
         """The feature rows the last call filled (``n`` of them; 1 after ``predict``): a view of
@@ -512,6 +539,7 @@ class Engine:
         self._prober.replace_rungs(rungs, index)
         self._rungs_from = tuple(rungs[i:] for i in range(len(rungs)))
         self.rungs = rungs
+        arm_breakers(self.rungs, self.clock)
         return old
 
     def reset_statistics(self) -> None:
@@ -521,6 +549,7 @@ class Engine:
         self.skipped = [0] * n
         self.failed = [0] * n
         self.timeouts = [0] * n
+        self.short_circuited = [0] * n
         self.requests = self.rows = self.invalid = 0
         self.unknown_entities = self.stale = self.deadline_missed = 0
         if self.remote is not None:
@@ -558,6 +587,8 @@ class Engine:
                     "skipped_budget": self.skipped[r.index],
                     "failed": self.failed[r.index],
                     "timed_out": self.timeouts[r.index],
+                    "short_circuited": self.short_circuited[r.index],
+                    "breaker": None if r.breaker is None else r.breaker.state.name.lower(),
                     "expected_us_batch1": (
                         round(r.model.service_time.expected_ns(1) / 1e3, 2) if r.model else None
                     ),

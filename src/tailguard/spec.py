@@ -259,6 +259,11 @@ class RungSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_age: Duration | None = None
     #: default rungs: the declared outputs, by output name.
     outputs: dict[str, float] | None = None
+    #: model rungs: a circuit breaker opens after this many failed calls in a row (raised,
+    #: timed out, non-finite; 0: no breaker) and skips the rung for ``breaker_open``, then lets
+    #: one trial call through (``resilience.breaker``).
+    breaker_failures: Annotated[int, msgspec.Meta(ge=0)] = 5
+    breaker_open: Duration = Duration(1.0)
 
 
 class DriftThreshold(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -93,3 +93,15 @@ def test_draining_server_moves_traffic(toy_dir: Path) -> None:
         stats = c.statistics()
         assert stats["errors"] == {}
         assert stats["endpoints"][f"tcp://{a.tcp}"] in ("draining", "down")
+
+
+def test_the_async_client_runs_on_uvloop(server: ServerProcess) -> None:
+    uvloop = pytest.importorskip("uvloop")  # the serve extra; uvloop's transports are no asyncio.Transport
+
+    async def main() -> list[float]:
+        async with AsyncClient(server.tcp) as c:
+            rs = await asyncio.gather(*(c.predict(f"k{i}", {"price": float(i), "size": 1.0}, priority="bulk")
+                                        for i in range(20)))
+            return [r.outputs["p"] for r in rs]
+
+    assert len(set(uvloop.run(asyncio.wait_for(main(), 30)))) > 1

@@ -18,7 +18,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import pytest
 from rawclient import RawClient
 from toyservice import CTX
 
-from tailguard import load_service
+from tailguard import Service, load_service
 from tailguard.observe.embedded import serve_dashboard
 from tailguard.schema.wire import Request
 
@@ -170,10 +171,12 @@ def test_the_dashboard_draws_a_served_process_under_traffic(browser: Any, worker
         "cs => Object.fromEntries(cs.map(c => [c.dataset.chart, [+c.dataset.points, c.dataset.off]]))",
     )
     expected = {*(f"class:{c}" for c in CLASSES), *(f"stage:{s}" for s in STAGES),
-                "rps", "queued", "events", "rungs", "drift"}
+                "rps", "queued", "events", "rungs", "drift", "rollout"}
     assert set(charts) == expected
-    assert all(n >= POINTS for key, (n, off) in charts.items() if key != "drift")
+    assert all(n >= POINTS for key, (n, off) in charts.items() if key not in ("drift", "rollout"))
     assert charts["drift"] == [0, "1"]  # no drift monitor attached to this server
+    assert charts["rollout"] == [0, "1"]  # nor a rollout
+    assert page.inner_text("#rollout") == "none"
     for key in ("class:critical", "stage:inference", "rps", "events"):
         assert page.evaluate(PAINTED, key) > 2000, key
     # The door refused the requests whose budget could not be met: the events chart says so.
@@ -187,22 +190,24 @@ def test_the_dashboard_draws_a_served_process_under_traffic(browser: Any, worker
     page.close()
 
 
-def test_an_embedded_engine_serves_its_dashboard_and_metrics(browser: Any, toy_dir: Path,
-                                                           tmp_path: Path) -> None:
+@contextmanager
+def embedded_owner(make: Callable[[], tuple[Service, Callable[[int], Any]]]) -> Iterator[str]:
+    """The embedding application's thread: ``make()`` loads the service (the owner thread owns
+    its engine) and gives the decision call for request ``i``; it serves the dashboard, decides
+    until the block ends and runs the side path every 16 decisions.  Yields the dashboard's URL."""
     urls: queue.Queue[str] = queue.Queue()
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def owner() -> None:
-        """The embedding application's thread: it owns the engine and runs the side path."""
         try:
-            service = load_service(toy_dir, freeze_gc=False)
+            service, decide = make()
             with serve_dashboard(service, interval_s=INTERVAL_S) as dash:
                 urls.put(dash.url)
                 i = 0
                 while not stop.is_set():
                     i += 1
-                    service.engine.predict(f"item{i % 50}", CTX, priority=CLASSES[i % 3])
+                    decide(i)
                     if i % 16 == 0:
                         service.run_side_path(0.0002)
         except BaseException as exc:
@@ -214,6 +219,20 @@ def test_an_embedded_engine_serves_its_dashboard_and_metrics(browser: Any, toy_d
     try:
         url = urls.get(timeout=60)
         assert url, failure
+        yield url
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not failure
+
+
+def test_an_embedded_engine_serves_its_dashboard_and_metrics(browser: Any, toy_dir: Path,
+                                                           tmp_path: Path) -> None:
+    def make() -> tuple[Service, Callable[[int], Any]]:
+        service = load_service(toy_dir, freeze_gc=False)
+        return service, lambda i: service.engine.predict(f"item{i % 50}", CTX, priority=CLASSES[i % 3])
+
+    with embedded_owner(make) as url:
         page, errors = _open(browser, url)
         page.wait_for_function(ALL_DRAWN, arg=POINTS, timeout=60_000)
         metrics = page.request.get(url.replace("/dashboard", "/metrics"))
@@ -227,7 +246,54 @@ def test_an_embedded_engine_serves_its_dashboard_and_metrics(browser: Any, toy_d
         _screenshot(page, tmp_path, "dashboard-embedded.png")
         assert errors == []
         page.close()
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not failure
+
+
+def test_a_rollout_shows_its_stage_traffic_and_rollback_reason(browser: Any, toy_dir: Path,
+                                                               tmp_path: Path) -> None:
+    import shutil
+
+    import msgspec
+
+    from tailguard.models.manifest import read_manifest, write_manifest
+    from tailguard.rollout import Guards, Rollout, RolloutPlan, Stage, StageKind
+
+    service_dir = Path(shutil.copytree(toy_dir, tmp_path / "svc"))
+    roll_back = threading.Event()
+
+    def make() -> tuple[Service, Callable[[int], Any]]:
+        """An embedding application routing its decisions through a canary rollout."""
+        service = load_service(service_dir, freeze_gc=False)
+        # primary/2: version 1's artifacts relabelled, added after load (deployed, not active).
+        v2 = Path(shutil.copytree(service_dir / "models" / "primary" / "1",
+                                  service_dir / "models" / "primary" / "2"))
+        write_manifest(v2, msgspec.structs.replace(read_manifest(v2), version="2"))
+        plan = RolloutPlan(model="primary", version="2", stages=(Stage(
+            kind=StageKind.CANARY, share=0.4, min_samples=10**9,
+            guards=Guards(max_error_rate=0.5, min_window_samples=10**9)),))
+        rollout = Rollout(service, plan, warmup=2)
+        service.attach(rollout)
+        rollout.start()
+
+        def decide(i: int) -> None:
+            rollout.predict(f"item{i % 50}", CTX, priority=CLASSES[i % 3])
+            if roll_back.is_set() and rollout.active:
+                rollout.rollback("p99 above the SLO (test)")
+
+        return service, decide
+
+    with embedded_owner(make) as url:
+        page, errors = _open(browser, url)
+        page.wait_for_function(ALL_DRAWN, arg=POINTS, timeout=60_000)
+        assert page.get_attribute('[data-chart="rollout"]', "data-off") != "1"
+        assert "candidate" in page.inner_text('[data-chart="rollout"] .legend')
+        assert page.evaluate(PAINTED, "rollout") > 2000
+        assert page.inner_text("#rollout") == "primary 2 active canary 40%"
+        panel = page.inner_text("#rollout-panel")
+        assert "primary: 1 → 2" in panel and "canary 40.0%" in panel
+        roll_back.set()
+        page.wait_for_function("() => document.querySelector('#rollout').textContent.includes('rolled_back')",
+                               timeout=30_000)
+        assert "p99 above the SLO (test)" in page.inner_text("#rollout-panel")
+        _screenshot(page, tmp_path, "dashboard-rollout.png")
+        assert errors == []
+        page.close()

@@ -167,6 +167,13 @@ def samples(service: Service) -> dict[str, float]:
     return {s.name: s.value for f in fams for s in f.samples}
 
 
+def breaker_samples(service: Service, breaker: str) -> dict[str, float]:
+    """The ``tailguard_breaker_*`` samples of one breaker, by name."""
+    fams = text_string_to_metric_families(render(service).decode())
+    return {s.name: s.value for f in fams for s in f.samples
+            if s.name.startswith("tailguard_breaker_") and s.labels.get("breaker") == breaker}
+
+
 def wait_for(done: Callable[[], bool], timeout_s: float = 10.0) -> None:
     """Poll a condition the invalidation listener's thread makes true (readiness, not a race fix)."""
     deadline = time.monotonic() + timeout_s
@@ -283,22 +290,22 @@ def test_the_online_breaker_state_and_counters_are_exported(
     svc, server = redis_service
     assert svc.engine.remote is not None
     svc.engine.remote.breaker = br = online_breaker(svc.spec.online, clock)  # 5 failures in a row open it
-    fams = {f.name: f for f in text_string_to_metric_families(render(svc).decode())}
-    (state,) = fams["tailguard_breaker_state"].samples
-    assert (state.labels["breaker"], state.value) == ("online", 0)
+    assert breaker_samples(svc, "online")["tailguard_breaker_state"] == 0
     server.stop()
     wait_for(lambda: not svc.online.cache.link_up)  # type: ignore[union-attr]
     for key in ("a", "b", "c", "d", "e", "f", "g"):  # five refused reads, then two short circuits
         svc.engine.predict(key, CTX)
-    got = samples(svc)
+    got = breaker_samples(svc, "online")
     assert got["tailguard_breaker_state"] == 2
     assert (got["tailguard_breaker_opens_total"], got["tailguard_breaker_short_circuited_total"]) == (1, 2)
     assert got["tailguard_breaker_failures_total"] == 5
-    assert got["tailguard_engine_features_unavailable_total"] == 7
+    assert samples(svc)["tailguard_engine_features_unavailable_total"] == 7
     clock.advance(1.0)
     assert br.allow()  # the open period has passed: a trial is out
-    assert samples(svc)["tailguard_breaker_state"] == 1
+    assert breaker_samples(svc, "online")["tailguard_breaker_state"] == 1
 
 
-def test_no_breaker_is_exported_without_a_shared_store(service: Service) -> None:
-    assert not any(name.startswith("tailguard_breaker_") for name in samples(service))
+def test_without_a_shared_store_only_the_model_breakers_are_exported(service: Service) -> None:
+    fams = text_string_to_metric_families(render(service).decode())
+    names = {s.labels["breaker"] for f in fams for s in f.samples if s.name == "tailguard_breaker_state"}
+    assert names == {"model:primary", "model:fast"}

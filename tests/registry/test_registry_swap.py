@@ -255,3 +255,31 @@ def test_swap_of_an_isolated_model_isolates_the_new_version(
         assert s.engine.predict("a", CTX).model_version == "primary/2"
     finally:
         s.engine.close()
+
+
+def test_short_gil_slices_while_loading_then_restored() -> None:
+    import sys
+    import threading
+
+    from tailguard.registry.swap import short_gil_slices
+
+    before = sys.getswitchinterval()
+    inside = threading.Event()
+    leave = threading.Event()
+    seen: list[float] = []
+
+    def other_loader() -> None:
+        with short_gil_slices(2e-4):
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other_loader)
+    with short_gil_slices(1e-4):
+        seen.append(sys.getswitchinterval())
+        t.start()
+        assert inside.wait(10)
+    seen.append(sys.getswitchinterval())  # the other load still runs: still short
+    leave.set()
+    t.join(10)
+    assert seen[0] == pytest.approx(1e-4) and seen[1] < before
+    assert sys.getswitchinterval() == before

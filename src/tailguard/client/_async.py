@@ -11,6 +11,7 @@ when an endpoint first goes down) and by calls that find no endpoint up.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,9 +21,10 @@ from tailguard.client._async_pool import Pools
 from tailguard.client._call import Call
 from tailguard.client._core import Core
 from tailguard.client._endpoint import Endpoint
-from tailguard.client._errors import ClientError, ConnectFailed, Unavailable
+from tailguard.client._errors import ClientError, ConnectFailed, Timeout, Unavailable
 from tailguard.client._health import Balance, EndpointState, Slot
 from tailguard.client._hedge import HedgePolicy
+from tailguard.client._load import EndpointStats
 from tailguard.client._result import BatchResult, Result, batch_result, single_result
 from tailguard.clock import Clock
 from tailguard.schema.frames import DEFAULT_MAX_FRAME
@@ -49,7 +51,10 @@ class AsyncClient:
         timeout_margin_s: float = 0.02,
         max_retries: int = 2,
         hedge: HedgePolicy | None = None,
-        balance: Balance = Balance.ROUND_ROBIN,
+        balance: Balance = Balance.P2C,
+        eject_after: int = 5,
+        latency_decay_s: float = 0.5,
+        rng: random.Random | None = None,
         down_backoff_s: float = 0.1,
         max_down_backoff_s: float = 5.0,
         health_interval_s: float = 0.5,
@@ -60,8 +65,9 @@ class AsyncClient:
         self._core = core = Core(
             endpoints, pool_size=pool_size, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
             timeout_margin_s=timeout_margin_s, max_retries=max_retries, hedge=hedge, balance=balance,
-            down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s, client_id=client_id,
-            max_reply_frame=max_reply_frame, clock=clock,
+            down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s, eject_after=eject_after,
+            latency_decay_s=latency_decay_s, rng=rng, client_id=client_id, max_reply_frame=max_reply_frame,
+            clock=clock,
         )
         self._now = core.now
         self._pools = Pools(core, health_interval_s)
@@ -130,6 +136,10 @@ class AsyncClient:
         out.update(self._pools.statistics())
         return out
 
+    def endpoint_stats(self) -> list[EndpointStats]:
+        """Per endpoint: the figures of ``Client.endpoint_stats``."""
+        return self._core.endpoint_stats()
+
     async def aclose(self) -> None:
         """Close every connection and stop the health task (idempotent)."""
         await self._pools.close()
@@ -145,15 +155,21 @@ class AsyncClient:
         try:
             if self._pools.closed:
                 raise Unavailable("the client is closed")
+            health = self._core.health
             while True:
                 legs = [await self._launch(call)]
-                won = False
+                won = timed_out = False
                 try:
                     got = await await_legs(self, call, legs)
                     won = not isinstance(got, int)
+                except Timeout:
+                    timed_out = True
+                    raise
                 finally:
-                    for leg in legs:
+                    now = self._now() if legs else 0
+                    for leg in legs:  # still out (lost the race, timed out or cancelled)
                         leg.conn.abandon(leg.req_id, won)
+                        health.abandoned(leg.slot, now - leg.sent_ns, now, timed_out=timed_out, lost_race=won)
                 if isinstance(got, int):
                     if got > 0:
                         await asyncio.sleep(got / 1e9)
@@ -193,6 +209,7 @@ class AsyncClient:
                 return None
             raise call.timed_out()
         fut = conn.send(conn.ch.encode(msg), req_id)
+        self._core.health.sent(slot)
         return ALeg(conn, req_id, slot, now, hedge, fut)
 
     async def acquire_hedge(self, call: Call, first: ALeg) -> ALeg | None:

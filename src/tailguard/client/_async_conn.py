@@ -12,7 +12,7 @@ Owned by the event loop that opened it; no method may be called from another thr
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tailguard.client._channel import Channel, Lost
 from tailguard.client._endpoint import Transport
@@ -69,8 +69,8 @@ class AsyncConn(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         ch = self.ch

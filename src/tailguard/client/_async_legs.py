@@ -99,10 +99,12 @@ async def await_legs(
                 continue
             reply = leg.fut.result()
             assert isinstance(reply, Reply)  # Ping and Request ids come from one counter
+            now = now_ns()
+            call.core.health.replied(leg.slot, reply.status, now - leg.sent_ns, now)
             if reply.status < 10:
                 welcome = leg.conn.ch.welcome
                 assert welcome is not None
-                call.core.record_win(leg.slot, now_ns() - leg.sent_ns, leg.hedge)
+                call.core.record_win(leg.slot, now - leg.sent_ns, leg.hedge)
                 return reply, leg, hedged, welcome
             wait = call.reply_failed(leg.slot, reply, bool(legs))
             if wait >= 0:

@@ -15,6 +15,10 @@ behaviour"):
 - every retry needs a retry left (``max_retries``) and time left (client deadline and,
   when a budget was given, the budget); each copy carries only the budget still left.
 
+What each copy teaches the endpoint's health and latency estimate (``Health.sent``,
+``replied``, ``lost``, ``abandoned``) is recorded by the clients' wait loops, which know the
+copies' send times.
+
 Owned by the thread or task running the call; it touches shared state (health, stats) only
 through their own thread-safe methods.
 """
@@ -96,6 +100,7 @@ class Call:
     # -- failures ----------------------------------------------------------------------------
     def connect_failed(self, slot: Slot, error: ConnectFailed) -> None:
         """Connecting to ``slot`` failed (already marked down): try the next endpoint."""
+        self.core.health.connect_failed(slot)
         self.errors.append(error)
         if self.last_index >= 0 and slot.index != self.last_index:
             self.core.stats.inc("failovers")
@@ -124,7 +129,10 @@ class Call:
         """The connection to ``slot`` closed with this call's copy in flight.  ``fatal`` is an
         id-0 error reply the server sent before closing (e.g. FRAME_TOO_LARGE): then that
         error is raised and the endpoint is not blamed."""
-        if fatal is not None and 10 <= fatal.status < 20:
+        blame = fatal is None or not 10 <= fatal.status < 20
+        self.core.health.lost(slot, blame=blame)
+        if not blame:
+            assert fatal is not None
             raise error_from_reply(fatal, slot.label)
         # With another endpoint up, fail over to it (this one is down for its backoff).  With
         # none, do not mark it down: an endpoint is often several worker processes behind one

@@ -1,4 +1,5 @@
-"""What both clients share: options, counters, hedge windows and building a call.
+"""What both clients share: options, counters, hedge windows, endpoint health and balancing
+(``_health``), and building a call.
 
 ``Core`` is made once per client and holds no sockets.  Its counters are incremented under
 a lock (the sync client is used from many threads; in the async client the lock is never
@@ -7,6 +8,7 @@ contended); ``statistics()`` copies them.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,11 +20,12 @@ from tailguard.client._endpoint import Endpoint
 from tailguard.client._errors import InvalidRequest
 from tailguard.client._health import Balance, Health, Slot
 from tailguard.client._hedge import HedgePolicy, LatencyWindow
+from tailguard.client._load import EndpointStats
 from tailguard.clock import Clock, MonotonicClock
 from tailguard.schema.frames import encode_frame
 from tailguard.schema.wire import MAGIC, PROTOCOL_VERSIONS, Hello, Request, Status
 
-__all__ = ["COUNTERS", "Core", "Stats"]
+__all__ = ["COUNTERS", "Core", "Stats", "call_timeout"]
 
 #: The counters ``statistics()`` reports (besides ``errors`` by code and endpoint states).
 COUNTERS = (
@@ -39,6 +42,21 @@ COUNTERS = (
     "health_checks",
 )
 
+
+
+def call_timeout(budget_us: int | None, timeout_s: float | None, default_s: float, margin_s: float) -> float:
+    """A call's client timeout: ``timeout_s`` when given, else the budget plus ``margin_s``, else
+    ``default_s``; raises ``InvalidRequest`` for a budget that is not a positive int (µs) or a
+    timeout that is not positive."""
+    if budget_us is not None and (type(budget_us) is not int or budget_us <= 0):
+        raise InvalidRequest(f"budget_us must be a positive int (µs), got {budget_us!r}",
+                             status=Status.INVALID_REQUEST, field="budget_us")
+    if timeout_s is not None and not timeout_s > 0:
+        raise InvalidRequest(f"timeout_s must be > 0, got {timeout_s!r}",
+                             status=Status.INVALID_REQUEST, field="timeout_s")
+    if timeout_s is None:
+        return budget_us / 1e6 + margin_s if budget_us else default_s
+    return timeout_s
 
 class Stats:
     """Counters, and errors raised to callers by code.  Any thread may increment."""
@@ -97,6 +115,9 @@ class Core:
         balance: Balance,
         down_backoff_s: float,
         max_down_backoff_s: float,
+        eject_after: int,
+        latency_decay_s: float,
+        rng: random.Random | None,
         client_id: str,
         max_reply_frame: int,
         clock: Clock | None,
@@ -109,7 +130,8 @@ class Core:
         self.clock = clock or MonotonicClock()
         self.now = self.clock.now_ns
         self.health = Health([Endpoint.parse(e) for e in eps], self.now, balance=balance,
-                             down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s)
+                             down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s,
+                             eject_after=eject_after, latency_decay_s=latency_decay_s, rng=rng)
         self.stats = Stats()
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
@@ -164,18 +186,15 @@ class Core:
         client's default ``timeout_s``.  ``traceparent`` (W3C) rides along unchecked: the
         server ignores (and counts) one that does not parse."""
         self.stats.inc("requests")
-        if budget_us is not None and (type(budget_us) is not int or budget_us <= 0):
-            raise InvalidRequest(f"budget_us must be a positive int (µs), got {budget_us!r}",
-                                 status=Status.INVALID_REQUEST, field="budget_us")
-        if timeout_s is not None and not timeout_s > 0:
-            raise InvalidRequest(f"timeout_s must be > 0, got {timeout_s!r}",
-                                 status=Status.INVALID_REQUEST, field="timeout_s")
-        if timeout_s is None:
-            timeout_s = budget_us / 1e6 + self.timeout_margin_s if budget_us else self.timeout_s
+        timeout_s = call_timeout(budget_us, timeout_s, self.timeout_s, self.timeout_margin_s)
         ctx = context if context is None or type(context) is dict else dict(context)
         req = Request(0, keys, ctx, priority or "", budget_us or 0, "", batch, "", "", idempotent,
                       traceparent)
         return Call(self, req, timeout_s, self.now())
+
+    def endpoint_stats(self) -> list[EndpointStats]:
+        """Each endpoint's state, in-flight copies, latency estimate and counters."""
+        return self.health.endpoint_stats()
 
     def statistics(self) -> dict[str, Any]:
         """Counters (``COUNTERS``), ``errors`` by code, and ``endpoints``: state by address."""

@@ -11,6 +11,7 @@ goes down.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,9 +20,10 @@ from tailguard.client._call import Call
 from tailguard.client._channel import Lost
 from tailguard.client._core import Core
 from tailguard.client._endpoint import Endpoint
-from tailguard.client._errors import ClientError, ConnectFailed, Unavailable
+from tailguard.client._errors import ClientError, ConnectFailed, Timeout, Unavailable
 from tailguard.client._health import Balance, EndpointState, Slot
 from tailguard.client._hedge import HedgePolicy
+from tailguard.client._load import EndpointStats
 from tailguard.client._result import BatchResult, Result, batch_result, single_result
 from tailguard.client._sync_conn import SyncConn
 from tailguard.client._sync_legs import Leg, await_legs
@@ -43,10 +45,16 @@ class Client:
     handshake.  ``timeout_s``: the client timeout of calls that give neither ``timeout_s``
     nor ``budget_us`` (with a budget: budget + ``timeout_margin_s``).  ``max_retries``:
     re-sends per call.  ``hedge``: a ``HedgePolicy`` to hedge slow calls (None: off).
-    ``balance``: how the first endpoint is chosen.  ``down_backoff_s`` /
-    ``max_down_backoff_s``: how long a failed endpoint rests before a health check.
-    ``health_interval_s``: how often a background thread checks down endpoints (0: only
-    when a call finds no endpoint up).  ``clock``: monotonic time (tests inject a fake).
+    ``balance``: how each attempt's endpoint is chosen (default ``Balance.P2C``: the cheaper,
+    by latency estimate times copies in flight, of two random up endpoints).
+    ``eject_after``: consecutive failed copies (server failures, lost connections,
+    timeouts) after which an endpoint is ejected like a failed one, unless it is the last
+    one up (0: never).  ``latency_decay_s``: the time constant of the per-endpoint latency
+    estimate.  ``rng``: the random source of ``P2C`` (seed it for reproducible choices).
+    ``down_backoff_s`` / ``max_down_backoff_s``: how long a failed endpoint rests before a
+    health check.  ``health_interval_s``: how often a background thread checks down
+    endpoints (0: only when a call finds no endpoint up).  ``clock``: monotonic time (tests
+    inject a fake).
     """
 
     def __init__(
@@ -59,7 +67,10 @@ class Client:
         timeout_margin_s: float = 0.02,
         max_retries: int = 2,
         hedge: HedgePolicy | None = None,
-        balance: Balance = Balance.ROUND_ROBIN,
+        balance: Balance = Balance.P2C,
+        eject_after: int = 5,
+        latency_decay_s: float = 0.5,
+        rng: random.Random | None = None,
         down_backoff_s: float = 0.1,
         max_down_backoff_s: float = 5.0,
         health_interval_s: float = 0.5,
@@ -70,8 +81,9 @@ class Client:
         self._core = core = Core(
             endpoints, pool_size=pool_size, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
             timeout_margin_s=timeout_margin_s, max_retries=max_retries, hedge=hedge, balance=balance,
-            down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s, client_id=client_id,
-            max_reply_frame=max_reply_frame, clock=clock,
+            down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s, eject_after=eject_after,
+            latency_decay_s=latency_decay_s, rng=rng, client_id=client_id, max_reply_frame=max_reply_frame,
+            clock=clock,
         )
         self._now = core.now
         self._pools = SyncPools(core, health_interval_s)
@@ -153,6 +165,11 @@ class Client:
         out["idle"] = self._pools.idle()
         return out
 
+    def endpoint_stats(self) -> list[EndpointStats]:
+        """Per endpoint, in the order given: state, copies in flight, latency estimate (µs),
+        copies sent, failures and the current run of consecutive failures."""
+        return self._core.endpoint_stats()
+
     def close(self) -> None:
         """Close every pooled connection and stop the health checker (idempotent)."""
         self._pools.close()
@@ -168,16 +185,22 @@ class Client:
         try:
             if self._pools.closed.is_set():
                 raise Unavailable("the client is closed")
+            health = self._core.health
             while True:
                 legs = [self._launch(call)]
-                won = False
+                won = timed_out = False
                 try:
                     got = await_legs(self, call, legs)
                     won = not isinstance(got, int)
+                except Timeout:
+                    timed_out = True
+                    raise
                 finally:
+                    now = self._now() if legs else 0
                     for leg in legs:  # copies still out: their replies will be discarded
                         leg.conn.ch.abandon(leg.req_id, won)
                         self.release(leg.conn)
+                        health.abandoned(leg.slot, now - leg.sent_ns, now, timed_out=timed_out, lost_race=won)
                 if isinstance(got, int):
                     if got > 0:
                         time.sleep(got / 1e9)
@@ -219,11 +242,14 @@ class Client:
         except ClientError:
             self.release(conn)
             raise
+        health = self._core.health
+        health.sent(slot)
         try:
             conn.send(frame, call.deadline_ns, now)
         except Lost as exc:
             conn.close()
             if hedge:
+                health.lost(slot)
                 return None
             wait = call.lost(slot, exc, conn.ch.fatal, others_pending=False)
             if wait:

@@ -105,9 +105,11 @@ def await_legs(client: Client, call: Call, legs: list[Leg]) -> tuple[Reply, Leg,
                 sel = _selector(legs)
                 welcome = conn.ch.welcome
                 client.release(conn)
+                now = now_ns()
+                call.core.health.replied(leg.slot, reply.status, now - leg.sent_ns, now)
                 if reply.status < 10:
                     assert welcome is not None
-                    call.core.record_win(leg.slot, now_ns() - leg.sent_ns, leg.hedge)
+                    call.core.record_win(leg.slot, now - leg.sent_ns, leg.hedge)
                     return reply, leg, hedged, welcome
                 wait = call.reply_failed(leg.slot, reply, bool(legs))
                 if wait >= 0:

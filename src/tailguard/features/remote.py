@@ -76,6 +76,8 @@ _V_FLAGGED = _V_DEFAULTS | _V_UNCONFIRMED  # the value flags a decision reports 
 _UNKNOWN_I, _STALE_I, _UNCONFIRMED_I = int(_UNKNOWN), int(_STALE), int(_UNCONFIRMED)
 _V_CACHED = int(ValueFlag.CACHED)
 _CLOSED = BreakerState.CLOSED
+#: Kept free after a bounded store read for the rungs that answer without features (ns).
+READ_RESERVE_NS = 30_000
 
 
 def online_breaker(online: OnlineSpec, clock: Clock | None = None) -> CircuitBreaker:
@@ -233,6 +235,15 @@ class RemoteFeatures:
         # the store has no cache, nothing may be served without it).
         self._cache_one = getattr(store, "begin_read", None)
         self._cache_many = getattr(store, "begin_read_many", None)
+        # Bounds the next reads by what the request has left (a Redis store, behind a near-cache or not).
+        self._bound = getattr(getattr(store, "store", store), "bound_reads", None)
+        # The near-cache's invalidation link: when it reconnects, Redis is back (see ``_trial``).
+        self._cache = getattr(store, "cache", None)
+        #: When set, no read waits longer than this (ns), whatever the request has left: a server
+        #: whose one engine thread serves every class caps reads at the tightest class budget, so
+        #: a bulk request's read cannot hold a critical one up for longer (``serve.app``).
+        self.read_cap_ns: int | None = None
+        self._link_seen = 0 if self._cache is None else self._cache.link_connects
         self._assembler = assembler
         policies = policies if policies is not None else view_policies(views)
         layout = assembler.stored_layout
@@ -259,9 +270,13 @@ class RemoteFeatures:
         return tuple(p.views for p in self._parts)
 
     # -- one entity --------------------------------------------------------------------------
-    def fill_one(self, keys: Any, ctx: Mapping[str, Any] | None, out: np.ndarray, now_ns: int) -> int:
+    def fill_one(self, keys: Any, ctx: Mapping[str, Any] | None, out: np.ndarray, now_ns: int,
+                 deadline_ns: int | None = None) -> int:
         """Fill ``out`` (the wide vector, 1-D) for one entity key (or {entity: key}); returns
-        flag bits.  Keys were validated by the engine's row lookup."""
+        flag bits.  Keys were validated by the engine's row lookup.  A store read waits at most
+        until ``deadline_ns`` (engine clock) less ``READ_RESERVE_NS``, left for the ladder."""
+        if self._bound is not None and deadline_ns is not None:
+            self._bound_read(deadline_ns - now_ns - READ_RESERVE_NS)
         a = self._assembler
         a.fill_one(self._zero1, ctx, out, now_ns)
         written = a.written_ns[0]
@@ -307,10 +322,14 @@ class RemoteFeatures:
 
     # -- many entities -----------------------------------------------------------------------
     def fill_many(
-        self, keys: Any, n: int, ctx: Mapping[str, Any] | None, out: np.ndarray, now_ns: int
+        self, keys: Any, n: int, ctx: Mapping[str, Any] | None, out: np.ndarray, now_ns: int,
+        deadline_ns: int | None = None,
     ) -> np.ndarray:
         """Fill ``out[:n]`` for ``n`` entity keys (a sequence, or {entity: sequence or scalar},
-        scalars broadcast); returns per-row flags (uint8)."""
+        scalars broadcast); returns per-row flags (uint8).  Reads are bounded by ``deadline_ns``
+        as in ``fill_one``."""
+        if self._bound is not None and deadline_ns is not None:
+            self._bound_read(deadline_ns - now_ns - READ_RESERVE_NS)
         if n > self._zeros.shape[0]:
             self._zeros = np.zeros((n, len(self._parts)), dtype=np.int64)
         a = self._assembler
@@ -355,12 +374,24 @@ class RemoteFeatures:
 
     # -- the breaker ---------------------------------------------------------------------------
     def _failed(self, exc: FeatureStoreError, start: int) -> None:
-        """Record a closed-state read that raised: unreachable or slow is a failure; an error
-        reply means the store answered (the call succeeded as far as its health goes)."""
+        """Record a closed-state read that raised: unreachable or slow (the store's timeout, or
+        the request's remaining budget) is a failure; an error reply means the store answered
+        (the call succeeded as far as its health goes); a request that had no time left to read
+        says nothing about the store."""
         if isinstance(exc, FeatureStoreUnavailable):
-            self.breaker.failure(start)
+            if exc.reason == "no_time":  # the request's budget was spent before the read: no verdict
+                self.breaker.release()
+            else:
+                self.breaker.failure(start)
+                if self._cache is not None:  # a link reconnect from now on means Redis is back
+                    self._link_seen = self._cache.link_connects
         else:
             self.breaker.success(start)
+
+    def _bound_read(self, left_ns: int) -> None:
+        cap = self.read_cap_ns
+        assert self._bound is not None
+        self._bound((cap if cap is not None and cap < left_ns else left_ns) / 1e9)
 
     def _unavailable(self, n: int) -> int:
         self.down = True
@@ -386,6 +417,13 @@ class RemoteFeatures:
 
     def _trial(self, read: Callable[[], Rows]) -> Rows | None:
         br = self.breaker
+        cache = self._cache
+        if cache is not None and cache.link_connects != self._link_seen:
+            # The invalidation link reconnected since the last failed read: Redis answers again,
+            # so the trial is due now, not at the end of an open period grown by a long outage.
+            self._link_seen = cache.link_connects
+            if br.state is BreakerState.OPEN and cache.link_up:
+                br.retry_at_ns = 0
         if not br.allow():
             return None
         start = br.now()

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,25 @@ def compile_lightgbm(model_file: str | Path, out_dir: str | Path, *, lib_name: s
     return lib
 
 
+_dlopen: Any = None
+
+
+def preload(path: str | Path) -> None:
+    """``dlopen`` the library at ``path`` through a GIL-releasing foreign call, so the
+    ``ctypes`` load that follows finds it mapped and holds the GIL for microseconds, not the
+    0.5-0.8 ms a cold ``dlopen`` (relocations, page faults) takes: a version loaded on a
+    background thread (a hot swap) then never stalls the thread serving decisions.  The
+    extra reference keeps the library mapped for the life of the process, as ``ctypes``
+    does anyway.  A failure here is left to the ``ctypes`` load to report."""
+    global _dlopen
+    if _dlopen is None:
+        fn = ctypes.CDLL(None).dlopen
+        fn.restype = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        _dlopen = fn
+    _dlopen(str(path).encode(), ctypes.RTLD_LOCAL | 2)  # RTLD_NOW, as ctypes loads
+
+
 def _build(src: Path, lib: Path) -> None:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
@@ -86,6 +106,7 @@ class TreesRuntime:
         self._path = path
         self.release_gil = release_gil
         loader = ctypes.CDLL if release_gil else ctypes.PyDLL
+        preload(path)
         try:
             lib = loader(str(path))
         except OSError as exc:

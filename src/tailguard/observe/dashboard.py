@@ -50,7 +50,7 @@ class Info(msgspec.Struct, frozen=True):
     service: str
     #: Lifecycle state of the server ("ready", "draining", ...), or "embedded".
     state: str
-    #: Rollout state, for now: the model version each model rung serves (``name/version``).
+    #: The model version each model rung serves (``name/version``).
     versions: dict[str, str]
     interval_s: float
     capacity: int
@@ -58,6 +58,9 @@ class Info(msgspec.Struct, frozen=True):
     stages: list[str]
     #: True when an attached side task reports drift scores.
     drift: bool
+    #: The rollout in progress or last seen (``Rollout.rollout_summary``: phase, stage, share,
+    #: candidate and stable versions, recent events with reasons); None without one.
+    rollout: dict[str, Any] | None = None
 
 
 class Point(msgspec.Struct, frozen=True, gc=False):
@@ -81,6 +84,9 @@ class Point(msgspec.Struct, frozen=True, gc=False):
     rungs: dict[str, float]
     #: Latest drift score per signal of every attached drift monitor.
     drift: dict[str, float]
+    #: Per second during a rollout: decisions answered by the ``candidate`` and by the ``stable``
+    #: version while the rollout routed traffic (empty without one).
+    rollout: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 def parse_since(query: str) -> float | None:
@@ -306,6 +312,7 @@ class DashboardSampler:
             events={k.partition(":")[2]: v for k, v in rates.items() if k.startswith("event:")},
             rungs={k.partition(":")[2]: v for k, v in rates.items() if k.startswith("rung:")},
             drift=self._drift(),
+            rollout={k.partition(":")[2]: v for k, v in rates.items() if k.startswith("rollout:")},
         )
         self._ring.append((point.t, msgspec.json.encode(point)))
         yield
@@ -335,6 +342,10 @@ class DashboardSampler:
         counts = {"engine": int(stats["requests"])}
         for rung, r in stats["rungs"].items():
             counts[f"rung:{rung}"] = int(r["answered"])
+        summary = self._rollout()
+        if summary is not None and "requests" in summary:
+            counts["rollout:candidate"] = int(summary["candidate_requests"])
+            counts["rollout:stable"] = int(summary["requests"]) - int(summary["candidate_requests"])
         queued: dict[str, int] = {}
         if self._scheduler_stats is not None:
             s = self._scheduler_stats()
@@ -355,6 +366,15 @@ class DashboardSampler:
             out.update((k, float(v)) for k, v in scores().items())
         return out
 
+    def _rollout(self) -> dict[str, Any] | None:
+        """The newest attached rollout's summary (a ``Rollout`` or a ``GoalFollower``)."""
+        for t in reversed(self.service.side_tasks):
+            f = getattr(t, "rollout_summary", None)
+            if f is not None:
+                summary: dict[str, Any] = f()
+                return summary
+        return None
+
     def _info(self) -> Info:
         engine = self.service.engine
         return Info(
@@ -366,6 +386,7 @@ class DashboardSampler:
             classes=[name for name, _ in self._classes],
             stages=list(self.service.latency.stages) if self.service.latency is not None else [],
             drift=bool(self._drift_tasks()),
+            rollout=self._rollout(),
         )
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGE_QUANTILES", "DECISION_AGES_WINDOW", "LATENCY_BUCKETS_S", "ServiceCollector", "histogram_buckets",
-    "render",
+    "render", "render_collector",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -127,7 +127,9 @@ class ServiceCollector:
         yield views
         yield from _feature_ages(svc, names, values)
         yield from _online_store(svc, names, values)
+        yield from _breakers(svc, names, values)
         yield from _drift_scores(svc, names, values)
+        yield from _rollout(svc, names, values)
 
 
 #: Quantiles of the stored feature rows' ages exported per view.
@@ -253,7 +255,6 @@ def _online_store(svc: Service, names: list[str], values: list[str]) -> Iterator
                      ("messages", "Invalidation messages received.")):
         if key in link:
             yield counter(f"tailguard_online_link_{key}", doc, link[key])
-    yield from _breakers(svc, names, values)
 
 
 #: Breaker counters exported as ``tailguard_breaker_<name>_total{breaker=...}``.
@@ -267,22 +268,24 @@ _BREAKER_COUNTERS = (
 
 def _breakers(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
     """The circuit breakers' state (0 closed, 1 half-open, 2 open; a breaker whose open period has
-    passed shows open until the next call tries) and counters: today the online store's."""
+    passed shows open until the next call tries) and counters: the online store's (``online``)
+    and each model rung's (``model:<rung>``)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    remote = svc.engine.remote
-    breaker = getattr(remote, "breaker", None)
-    if breaker is None:
+    breakers = [b for b in (getattr(svc.engine.remote, "breaker", None),
+                            *(r.breaker for r in svc.engine.rungs)) if b is not None]
+    if not breakers:
         return
     labels = ["breaker", *names]
-    row = [breaker.name, *values]
     state = GaugeMetricFamily("tailguard_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, "
                               "2 open.", labels=labels)
-    state.add_metric(row, float(int(breaker.state)))
+    for b in breakers:
+        state.add_metric([b.name, *values], float(int(b.state)))
     yield state
     for key, doc in _BREAKER_COUNTERS:
         c = CounterMetricFamily(f"tailguard_breaker_{key}", doc, labels=labels)
-        c.add_metric(row, float(getattr(breaker, key)))
+        for b in breakers:
+            c.add_metric([b.name, *values], float(getattr(b, key)))
         yield c
 
 
@@ -303,9 +306,51 @@ def _drift_scores(svc: Service, names: list[str], values: list[str]) -> Iterator
     yield fam
 
 
+#: ``tailguard_rollout_phase`` values.
+ROLLOUT_PHASES = {"deployed": 0, "active": 1, "promoted": 2, "rolled_back": 3}
+
+
+def _rollout(svc: Service, names: list[str], values: list[str]) -> Iterator[Any]:
+    """The newest attached rollout (``rollout_summary()``: a ``Rollout`` or a goal follower):
+    its phase, stage and share, decisions routed to each version, rollbacks, the goal revision."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    summary = next((f() for t in reversed(svc.side_tasks)
+                    if (f := getattr(t, "rollout_summary", None)) is not None), None)
+    if summary is None:
+        return
+    if "phase" in summary:
+        labels = ["model", "candidate", *names]
+        row = [str(summary["model"]), str(summary["candidate"]), *values]
+        for key, doc, value in (
+            ("phase", "Rollout phase: 0 deployed, 1 active, 2 promoted, 3 rolled back.",
+             ROLLOUT_PHASES.get(summary["phase"], -1)),
+            ("stage", "Index of the rollout plan's current stage.", summary["stage"]),
+            ("share", "Share of routing keys the current stage sends to the candidate.", summary["share"]),
+        ):
+            g = GaugeMetricFamily(f"tailguard_rollout_{key}", doc, labels=labels)
+            g.add_metric(row, float(value))
+            yield g
+        c = CounterMetricFamily("tailguard_rollout_decisions", "Decisions while the rollout routed traffic, "
+                                "per version that answered.", labels=["version", *labels])
+        c.add_metric(["candidate", *row], float(summary["candidate_requests"]))
+        c.add_metric(["stable", *row], float(summary["requests"] - summary["candidate_requests"]))
+        yield c
+    if summary.get("goal_revision") is not None:
+        g = GaugeMetricFamily("tailguard_rollout_goal_revision", "Revision of the rollout goal applied here.",
+                              labels=names)
+        g.add_metric(values, float(summary["goal_revision"]))
+        yield g
+
+
 def render(service: Service, labels: dict[str, str] | None = None) -> bytes:
     """The Prometheus text exposition of ``service`` (for an embedded engine's own endpoint
     or a file exporter)."""
+    return render_collector(ServiceCollector(service, labels))
+
+
+def render_collector(collector: Any) -> bytes:
+    """The Prometheus text exposition of one collector, in a registry of its own."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
     except ImportError as exc:
@@ -313,6 +358,6 @@ def render(service: Service, labels: dict[str, str] | None = None) -> bytes:
             "Prometheus metrics need prometheus-client: pip install 'tailguard[serve]'"
         ) from exc
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServiceCollector(service, labels))
+    registry.register(collector)
     out: bytes = generate_latest(registry)
     return out

@@ -118,7 +118,7 @@ class CircuitBreaker:
         self._filled = 0  # calls in the window (up to ``window``)
         self._w_failed = 0  # failed calls in the window
         self._w_slow = 0  # slow calls in the window
-        self._streak = 0  # consecutive failures (closed) or successful trials (half-open)
+        self.streak = 0  # consecutive failures (closed) or successful trials (half-open)
         self._backoff = 0  # failed trials since the breaker last closed
         self._trial_out = False  # a half-open trial is in progress
         #: Monotonic ns (breaker clock) after which an open breaker lets a trial through.
@@ -147,7 +147,7 @@ class CircuitBreaker:
                 self.short_circuited += 1
                 return False
             self._move(BreakerState.HALF_OPEN, now, "open_elapsed")
-            self._streak = 0
+            self.streak = 0
         if self._trial_out:
             self.short_circuited += 1
             return False
@@ -162,7 +162,7 @@ class CircuitBreaker:
         if slow:
             self.slow += 1
         if self.state is BreakerState.CLOSED:
-            self._streak = 0
+            self.streak = 0
             self._record(_SLOW if slow else 0, now)
             return
         self._trial_ended(now, slow, failed=False)
@@ -176,8 +176,8 @@ class CircuitBreaker:
         if slow:
             self.slow += 1
         if self.state is BreakerState.CLOSED:
-            self._streak += 1
-            if 0 < self.config.failures <= self._streak:
+            self.streak += 1
+            if 0 < self.config.failures <= self.streak:
                 self._trip(now, "failures")
                 return
             self._record(_FAILED | (_SLOW if slow else 0), now)
@@ -222,8 +222,8 @@ class CircuitBreaker:
             self._backoff += 1
             self._trip(now, "trial_failed" if failed else "trial_slow")
             return
-        self._streak += 1
-        if self._streak >= self.config.half_open_calls:
+        self.streak += 1
+        if self.streak >= self.config.half_open_calls:
             self._backoff = 0
             self._clear_window()
             self._move(BreakerState.CLOSED, now, "trials_passed")
@@ -234,7 +234,7 @@ class CircuitBreaker:
         self.retry_at_ns = now + period
         self.opened_by = reason
         self.opens += 1
-        self._streak = 0
+        self.streak = 0
         self._trial_out = False
         self._move(BreakerState.OPEN, now, reason)
 
@@ -244,7 +244,7 @@ class CircuitBreaker:
         self.state = new
 
     def _clear_window(self) -> None:
-        self._filled = self._pos = self._w_failed = self._w_slow = self._streak = 0
+        self._filled = self._pos = self._w_failed = self._w_slow = self.streak = 0
 
     def reset(self) -> None:
         """Close the breaker and forget the window and the backoff (an operator's override)."""

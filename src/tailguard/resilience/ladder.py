@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from tailguard.clock import Clock
 from tailguard.errors import ModelError, SpecError
 from tailguard.models.repository import LoadedModel
+from tailguard.resilience.breaker import BreakerConfig, CircuitBreaker
 from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.spec import RungKind, RungSpec
 
-__all__ = ["LastGood", "Rung", "compile_ladder"]
+__all__ = ["LastGood", "Rung", "arm_breakers", "compile_ladder"]
 
 
 class Rung:
@@ -28,7 +30,8 @@ class Rung:
     the model reads the wide vector as is)."""
 
     __slots__ = (
-        "cols", "default", "index", "isolated", "kind", "label", "max_age_ns", "model", "name", "x1", "xbuf",
+        "breaker", "breaker_failures", "breaker_open_s", "cols", "default", "index", "isolated", "kind",
+        "label", "max_age_ns", "model", "name", "x1", "xbuf",
     )
 
     def __init__(self, spec: RungSpec, index: int) -> None:
@@ -43,6 +46,10 @@ class Rung:
         self.x1 = self.xbuf
         self.max_age_ns = None if spec.max_age is None else round(spec.max_age * 1e9)
         self.default = np.zeros(0)
+        #: A model rung's circuit breaker (made by the engine that serves it; None: none).
+        self.breaker: CircuitBreaker | None = None
+        self.breaker_failures = spec.breaker_failures
+        self.breaker_open_s = float(spec.breaker_open)
 
     def gather(self, wide: np.ndarray, n: int) -> np.ndarray:
         """The model input for the first ``n`` rows of ``wide`` (no copy when identity)."""
@@ -58,6 +65,19 @@ class Rung:
         out = self.xbuf[:n]
         np.take(wide[:n], cols, axis=1, out=out)
         return out
+
+
+def arm_breakers(rungs: Sequence[Rung], clock: Clock) -> None:
+    """A circuit breaker on every model rung that declares one (``breaker_failures``) and has
+    none yet, on ``clock`` (the engine's).  Failures only (raised, timed out, non-finite):
+    slowness is the budget check's business, so the slow-call rules are off.  The open period
+    does not grow after a failed trial: a trial costs one call of a failing model, and a model
+    that heals serves again within ``breaker_open``, however long it had failed."""
+    for r in rungs:
+        if r.model is not None and r.breaker is None and r.breaker_failures:
+            cfg = BreakerConfig(failures=r.breaker_failures, window=0, open_s=r.breaker_open_s,
+                                max_open_s=r.breaker_open_s, slow_s=3600.0)
+            r.breaker = CircuitBreaker(cfg, clock, name=f"model:{r.name}")
 
 
 def bind_model(r: Rung, m: LoadedModel, pos: Mapping[str, int]) -> None:
@@ -98,6 +118,7 @@ def swapped_ladder(rungs: Sequence[Rung], rung_name: str, m: Any, columns: Seque
     new = Rung.__new__(Rung)
     for slot in Rung.__slots__:
         setattr(new, slot, getattr(old, slot))
+    new.breaker = None  # the new version starts with a breaker of its own
     bind_model(new, m, pos)
     return tuple(new if r is old else r for r in rungs), old.index, old.model
 

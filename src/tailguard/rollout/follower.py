@@ -27,6 +27,7 @@ Owner: the engine's owner thread (``drain`` / ``close``); the watch runs on its 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from tailguard.errors import TailguardError
 from tailguard.rollout.controller import Phase
 from tailguard.rollout.front import Rollout
 from tailguard.rollout.goal import Goal, GoalPhase, GoalStore, GoalWatch
+from tailguard.rollout.loading import CandidateLoader
 from tailguard.rollout.plan import RolloutPlan
 
 if TYPE_CHECKING:
@@ -44,15 +46,23 @@ if TYPE_CHECKING:
 __all__ = ["GoalFollower"]
 
 
+class _Pending(Exception):
+    """The goal's candidate is not ready yet (background load or warm-up under way)."""
+
+
 class GoalFollower:
     """Keeps ``service``'s local rollout on the goal in ``store`` (see the module docstring).
 
-    ``make_rollout(plan)`` deploys a plan (default ``Rollout(service, plan)``); ``name``: this
-    replica in the reasons it writes back; ``poll_s``: the watch's re-read period, the bound
-    on catching up when a change notice is lost."""
+    ``make_rollout(plan)`` deploys a plan (default ``Rollout(service, plan)``, which loads and
+    warms the candidate inside one ``drain``); ``load_in_background=True`` instead loads it on a
+    worker thread and warms it up within the budgets of later drains (``CandidateLoader``), the
+    goal being applied once it is ready — what a server wants; ``name``: this replica in the
+    reasons it writes back; ``poll_s``: the watch's re-read period, the bound on catching up
+    when a change notice is lost."""
 
     def __init__(self, service: Service, store: GoalStore, *, name: str = "replica",
-                 make_rollout: Callable[[RolloutPlan], Rollout] | None = None, poll_s: float = 0.5) -> None:
+                 make_rollout: Callable[[RolloutPlan], Rollout] | None = None, poll_s: float = 0.5,
+                 load_in_background: bool = False) -> None:
         self.service = service
         self.store = store
         self.name = name
@@ -64,6 +74,8 @@ class GoalFollower:
         self.last_error: str | None = None
         self.written_back = 0
         self.watch: GoalWatch = store.watch(self.service_name, poll_s=poll_s)
+        self.loader = CandidateLoader(service) if load_in_background and make_rollout is None else None
+        self._end_ns: int | None = None
 
     @property
     def applied_revision(self) -> tuple[str, int] | None:
@@ -78,7 +90,13 @@ class GoalFollower:
         if self.rollout is not None:
             self.rollout.close()  # an active one is rolled back ("rollout closed")
         self.rollout, self.rollout_id = None, None
-        rollout = self._make(goal.plan)
+        if self.loader is not None:
+            candidate = self.loader.get(goal.plan, self._end_ns)
+            if candidate is None:
+                raise _Pending
+            rollout = Rollout(self.service, goal.plan, candidate=candidate)
+        else:
+            rollout = self._make(goal.plan)
         self.rollout, self.rollout_id = rollout, goal.rollout_id
         return rollout
 
@@ -113,6 +131,8 @@ class GoalFollower:
         self.last_error = None
         try:
             self._apply(goal)
+        except _Pending:
+            return False  # the candidate is still loading or warming up: apply on a later drain
         except (TailguardError, RuntimeError, ValueError) as exc:
             # A goal this replica cannot follow (a version it lacks...) is recorded, not retried.
             code = getattr(exc, "code", type(exc).__name__)
@@ -124,6 +144,7 @@ class GoalFollower:
     def drain(self, budget_ns: int | None = None) -> int:
         """Side path: apply a newer goal, run the rollout's own side path, write an automatic
         rollback back into the goal; the number of items done."""
+        self._end_ns = None if budget_ns is None else time.perf_counter_ns() + budget_ns
         n = 1 if self.poll() else 0
         r = self.rollout
         if r is None:
@@ -152,9 +173,22 @@ class GoalFollower:
             "watch_errors": self.watch.errors, "written_back": self.written_back,
         }
 
+    def rollout_summary(self) -> dict[str, Any]:
+        """The local rollout's ``rollout_summary`` (an empty one before the first goal) with the
+        goal's revision and phase, the watch's connection state and the last error."""
+        r = self.rollout
+        g = self.applied
+        out: dict[str, Any] = {} if r is None else r.rollout_summary()
+        out.update(goal_revision=None if g is None else g.revision,
+                   goal_phase=None if g is None else g.phase.value, connected=self.watch.connected,
+                   last_error=self.last_error)
+        return out
+
     def close(self) -> None:
         """Stop the watch; the local rollout is closed (an active one rolled back) as
         ``Rollout.close`` does."""
         self.watch.close()
+        if self.loader is not None:
+            self.loader.close()
         if self.rollout is not None:
             self.rollout.close()

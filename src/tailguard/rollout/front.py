@@ -388,6 +388,26 @@ class Rollout:
         """The current stage's shadow/comparison summary (None without a mirror)."""
         return None if self.mirror is None else self.mirror.summary()
 
+    def rollout_summary(self) -> dict[str, Any]:
+        """A small JSON-able summary for dashboards and metrics (any thread; plain reads):
+        model, candidate and stable versions, phase, stage index, kind and share, requests
+        while active and those the candidate answered, the A/B p-value and the last five
+        events (kind, stage, reason, wall-clock seconds)."""
+        st = self.controller.state
+        stage = st.plan.stages[st.stage] if st.stage < len(st.plan.stages) else None
+        stable = self.stable_model
+        ab = self.test
+        return {
+            "model": self.plan.model, "candidate": self.plan.version,
+            "stable": "" if stable is None else stable.version, "phase": st.phase.value,
+            "stage": st.stage, "stage_kind": "" if stage is None else stage.kind.value,
+            "share": 0.0 if stage is None else stage.share,
+            "requests": self.requests, "candidate_requests": self.candidate_requests,
+            "ab_p_value": None if ab is None else ab.result().p_value,
+            "events": [{"kind": e.kind.value, "stage": e.stage, "reason": e.reason, "wall_s": e.wall_ns / 1e9}
+                       for e in st.events[-5:]],
+        }
+
     def statistics(self) -> dict[str, Any]:
         """Phase, stage, requests seen while active, candidate requests, the window's figures,
         the mirror summary, exposures and the A/B result."""

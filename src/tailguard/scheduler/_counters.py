@@ -22,7 +22,7 @@ class Counters:
     """Per-class flow counts, ``(Reason, class)`` event counts and batch statistics."""
 
     __slots__ = ("admitted", "answered_now", "batch_sizes", "batched", "batches", "cancelled",
-                 "degraded", "drained", "expired", "guard_activations", "refused", "rejected",
+                 "degraded", "drained", "expired", "guard_activations", "probes", "refused", "rejected",
                  "shed", "shed_by", "submitted")
 
     def __init__(self, n_classes: int) -> None:
@@ -45,6 +45,8 @@ class Counters:
         self.batches = 0
         self.batch_sizes = [0] * ServiceTime.BUCKETS  # jobs per batch, power-of-two buckets
         self.guard_activations = 0
+        #: Requests admitted at a rung although predicted late there, to re-measure its cost.
+        self.probes = 0
 
     def snapshot(self, names: tuple[str, ...], depths: list[int], work_ns: list[int]) -> dict[str, Any]:
         """The counters as plain dicts keyed by class name and reason label (non-zero only
@@ -78,6 +80,7 @@ class Counters:
             "degraded": labelled(self.degraded),
             "shed": labelled(self.shed_by),
             "batches": self.batches,
+            "cost_probes": self.probes,
             "batch_sizes": {1 << b: n for b, n in enumerate(self.batch_sizes) if n},
             "starvation_guard": self.guard_activations,
         }

@@ -33,7 +33,7 @@ class CostModel:
     reload).  One owner thread.
     """
 
-    __slots__ = ("_learned", "_prior", "_stamp", "_table", "n_rungs", "version")
+    __slots__ = ("_learned", "_prior", "_stamp", "_table", "n_rungs", "observations", "version")
 
     def __init__(self, n_rungs: int, prior: Prior | None = None, *, gain: float = 0.125,
                  spike_factor: float = 4.0) -> None:
@@ -47,13 +47,21 @@ class CostModel:
         # The value of each bucket when ``version`` last moved for it.
         self._stamp = [[0] * ServiceTime.BUCKETS for _ in range(n_rungs)]
         self.version = 0
+        #: Batches observed per rung (the scheduler's probes look for a rung that went silent).
+        self.observations = [0] * n_rungs
 
-    def observe(self, rung: int, n: int, elapsed_ns: int) -> None:
-        """Fold in one measured batch: ``n`` rows at ``rung`` took ``elapsed_ns``."""
+    def observe(self, rung: int, n: int, elapsed_ns: int, *, probe: bool = False) -> None:
+        """Fold in one measured batch: ``n`` rows at ``rung`` took ``elapsed_ns``.  A ``probe``
+        (a batch admitted although predicted late, to re-measure) that comes in well under the
+        expectation (by the spike factor) re-seeds it: recovery in one observation."""
         if n < 1:
             raise ValueError("a batch has at least one row")
         st = self._learned[rung]
-        st.observe(n, elapsed_ns)
+        self.observations[rung] += 1
+        if probe and elapsed_ns * st.spike_factor < st.expected_ns(n):
+            st.reseed(n, elapsed_ns)
+        else:
+            st.observe(n, elapsed_ns)
         b = ServiceTime.bucket(n)
         if st.mean_ns(n) != 0.0:
             new = max(1, math.ceil(st.expected_ns(n)))

@@ -43,6 +43,8 @@ _PREDICTED_LATE, _RATE_LIMITED = Reason.PREDICTED_LATE, Reason.RATE_LIMITED
 
 
 _WINDOW_NS = 5_000_000  # load windows at the door
+#: A rung with no batch for this long while requests are predicted late there gets one probe.
+PROBE_INTERVAL_NS = 500_000_000
 _ACTIVE_NS = 50_000_000  # a class with an arrival this recent bounds the batches below it
 _SMOOTH = 0.5  # weight of the newest window
 _MIN_FREE = 0.02  # a class left under 2 % of the time waits at most 50 x its queued work
@@ -68,6 +70,10 @@ class Scheduler(Generic[P]):
         "_last_guard",
         "_limiter",
         "_max_total",
+        "_probe_at",
+        "_probe_job",
+        "_probe_seen",
+        "_probing",
         "_queued_verdicts",
         "_stretch",
         "_util",
@@ -127,6 +133,12 @@ class Scheduler(Generic[P]):
         self._last_guard = _NEVER
         self._wake: int | None = None
         self._closed = False
+        # Cost probes (``_late_at_door``): per rung, the observation count last seen there, when
+        # a probe may be admitted if it has not moved by then, and whether one is out.
+        self._probe_seen = [-1] * config.n_rungs
+        self._probe_at = [0] * config.n_rungs
+        self._probing = [False] * config.n_rungs
+        self._probe_job: Job[P] | None = None  # the probe while queued (its rung may not drop it)
 
     # -- the door ---------------------------------------------------------------------------
     def class_index(self, name: str | None) -> int:
@@ -209,6 +221,22 @@ class Scheduler(Generic[P]):
     def _late_at_door(self, job: Job[P], ahead: int, now_ns: int) -> Verdict:
         c = job.level_index
         bl = self._backlog
+        r0 = job.rung
+        seen = self.costs.observations[r0]
+        if seen != self._probe_seen[r0]:  # the rung still gets batches: its cost stays current
+            self._probe_seen[r0] = seen
+            self._probe_at[r0] = now_ns + PROBE_INTERVAL_NS
+        elif now_ns >= self._probe_at[r0] and ahead <= job.deadline_ns:
+            # Nothing ran at this rung for a probe interval because everything was predicted
+            # late there: its learned cost can no longer be corrected by what it keeps out.
+            # Admit this one request at the rung to re-measure (the engine's own budget checks
+            # still guard it); a fast answer re-seeds the cost (``CostModel.observe(probe=)``).
+            self._probe_at[r0] = now_ns + PROBE_INTERVAL_NS
+            self._probing[r0] = True
+            self._probe_job = job
+            self.counters.probes += 1
+            share = self.costs.expected_ns(r0, job.rows)
+            return self._admit(job, share, self._queued_verdicts[r0], ahead, now_ns)
         if bl.degrade[c]:
             costs = self.costs
             deadline = job.deadline_ns
@@ -314,8 +342,10 @@ class Scheduler(Generic[P]):
             tight = head.deadline_ns
             exp = costs.expected_ns(r, head.rows)
             if start + exp > tight:
-                bl.late_head(head, q, now_ns, start)
-                continue
+                if head is not self._probe_job:
+                    bl.late_head(head, q, now_ns, start)
+                    continue
+                self._probe_job = None  # runs now, at its rung, whatever the stale estimate says
             n = 1
             rows = head.rows
             cap = self._cap_ns[c] if self._above_active(c, now_ns) else math.inf
@@ -407,7 +437,10 @@ class Scheduler(Generic[P]):
                 # batches that cost far more per row than a full one.
                 self._win_work[c] += elapsed_ns
         if elapsed_ns is not None:
-            self.costs.observe(rung, n, elapsed_ns)
+            probe = self._probing[rung]
+            if probe:
+                self._probing[rung] = False
+            self.costs.observe(rung, n, elapsed_ns, probe=probe)
         if self._in_flight:
             self._in_flight -= 1
         if not self._in_flight:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from tailguard.observe.drift import DriftMonitor
     from tailguard.observe.logs import JsonLog
     from tailguard.observe.tracing import Tracer
+    from tailguard.serve.natsreply import NatsReplier
+    from tailguard.serve.rollouts import ServedRollouts
 
 __all__ = ["App", "ServeConfig", "State", "adopt_transport"]
 
@@ -112,6 +114,10 @@ class ServeConfig:
     #: The shared online store's URL (``redis://host:port/db``), overriding the spec's
     #: ``[online] url`` (docs/features-online.md); None: the spec's.
     online_url: str | None = None
+    #: Cap every online-store read at the tightest priority class's budget: one engine thread
+    #: serves every class, so a slow read for a bulk request would hold up the critical ones
+    #: behind it for as long as the bulk budget allows (False: each read only by its own budget).
+    online_read_cap: bool = True
     #: Traces (the ``otel`` extra; docs/observability.md): spans of sampled requests go by
     #: OTLP/HTTP to this URL (None: tracing off — nothing on the reply path).  A request whose
     #: ``traceparent`` is sampled is traced; one without a valid parent with this probability.
@@ -120,6 +126,15 @@ class ServeConfig:
     #: Structured JSON logs to this file ("-": stderr; None: off), from ``log_level`` up.
     log_json: str | None = None
     log_level: str = "info"
+    #: Follow the service's rollout goal in this Redis (``tailguard rollout ...`` writes it;
+    #: docs/rollout.md): every worker deploys, routes, promotes and rolls back as the goal says.
+    rollout_redis: str | None = None
+    #: Also serve the binary protocol over NATS request-reply (``serve.natsreply``): each worker
+    #: subscribes to ``nats_subject`` (None: ``tailguard.<service>.predict``) in the queue group
+    #: ``nats_queue`` (None: the service name) on this server.
+    nats: str | None = None
+    nats_subject: str | None = None
+    nats_queue: str | None = None
 
 
 def adopt_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
@@ -197,6 +212,7 @@ class App:
         self.state = State.STARTING
         self.connections: set[Any] = set()
         self._servers: list[asyncio.Server] = []
+        self.nats: NatsReplier | None = None
         self._stopped = asyncio.Event()
         self._side_timer: asyncio.TimerHandle | None = None
         self.metrics_registry: Any = None  # made by serve.metrics on the first scrape
@@ -206,6 +222,11 @@ class App:
         self.side_slices = 0
         if config.side_slice_backlog > 0:
             self.dispatcher.on_idle = self._maybe_slice
+        remote = engine.remote
+        if remote is not None and config.online_read_cap:
+            from tailguard.features.remote import READ_RESERVE_NS
+
+            remote.read_cap_ns = max(min(c.budget_ns for c in sconf.classes) - READ_RESERVE_NS, 0)
         if not config.record_latency and service.latency is not None:
             engine.set_hooks([h for h in engine.hooks if h is not service.latency])
             service.latency = None
@@ -233,6 +254,12 @@ class App:
 
             self.drift = DriftMonitor.from_spec(service)
             service.attach(self.drift)
+        self.rollouts: ServedRollouts | None = None
+        if config.rollout_redis:
+            from tailguard.serve.rollouts import ServedRollouts
+
+            self.rollouts = ServedRollouts(service, self.dispatcher, config.rollout_redis)
+            service.attach(self.rollouts)
         self.dashboard: DashboardSampler | None = None
         if config.dashboard_interval_s > 0:
             from tailguard.observe.dashboard import DashboardSampler
@@ -337,6 +364,11 @@ class App:
             else:
                 raise ValueError(f"unknown listener kind {kind!r}")
             self._servers.append(server)
+        if self.config.nats:
+            from tailguard.serve.natsreply import NatsReplier
+
+            self.nats = NatsReplier(self, self.config.nats, self.config.nats_subject, self.config.nats_queue)
+            await self.nats.start()
         self.state = State.READY
         self._schedule_side_path()
         self._note("server.ready", listeners=[kind for kind, _ in listeners])
@@ -391,9 +423,13 @@ class App:
 
     async def _finish_drain(self) -> None:
         deadline = self.loop.time() + self.config.drain_timeout_s
+        if self.nats is not None:
+            await self.nats.drain()  # unsubscribe first: the queue group stops sending here
         while not self.dispatcher.idle and self.loop.time() < deadline:
             await asyncio.sleep(0.001)
         self.dispatcher.flush()
+        if self.nats is not None:
+            await self.nats.close()  # publishes the last replies
         await asyncio.sleep(0)  # let the last writes reach the transports
         self.stop()
 
@@ -416,6 +452,8 @@ class App:
             t = getattr(conn, "transport", None)
             if t is not None:
                 t.close()
+        if self.nats is not None and not self.nats.closed:
+            self.loop.create_task(self.nats.close())
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -433,4 +471,6 @@ class App:
             **({"tracing": self.tracer.statistics()} if self.tracer is not None else {}),
             **({"logs": self.log.statistics()} if self.log is not None else {}),
             **({"drift": self.drift.statistics()} if self.drift is not None else {}),
+            **({"nats": self.nats.statistics()} if self.nats is not None else {}),
+            **({"rollout": self.rollouts.statistics()} if self.rollouts is not None else {}),
         }

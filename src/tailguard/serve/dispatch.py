@@ -84,6 +84,9 @@ class Dispatcher:
     ) -> None:
         self.service = service
         self.engine = service.engine
+        #: What decisions go through: the engine, or a rollout routing between the stable and
+        #: the candidate engine (``serve.rollouts``), which takes the engine's arguments.
+        self.front: Any = service.engine
         self.scheduler = scheduler
         self.loop = loop
         self._now = service.engine.clock.now_ns
@@ -267,7 +270,7 @@ class Dispatcher:
     def _run_jobs(self, jobs: list[WireJob], rung: int, ci: int) -> None:
         """Score ``jobs`` (one class, one start rung) and deliver their replies."""
         pname = self.class_names[ci]
-        engine = self.engine
+        engine = self.front
         start = self._now()
         if len(jobs) == 1:
             job = jobs[0]
@@ -284,7 +287,8 @@ class Dispatcher:
             except Exception as exc:  # errors get their status; a bug costs one request, not the server
                 self._fail(job, exc)
             return
-        if len(jobs) < self.min_batch_call:
+        if len(jobs) < self.min_batch_call or engine is not self.engine:
+            # (During a rollout each request is routed by its own key: no mixed micro-batch.)
             # The batch call has a fixed cost (vectorised features, a batch-shaped model run)
             # that only pays off from a few rows on: below that, one fast call per request.
             for j in jobs:

@@ -27,6 +27,7 @@ from tailguard import Service, load_service
 from tailguard.clock import Clock
 from tailguard.decision import Flag
 from tailguard.errors import SpecError
+from tailguard.features.online.errors import FeatureStoreUnavailable
 from tailguard.features.remote import RemoteFeatures, online_breaker
 from tailguard.resilience.breaker import BreakerState, CircuitBreaker
 from tailguard.spec import OnlineSpec, parse_spec
@@ -171,10 +172,9 @@ def test_an_open_breaker_answers_from_the_ladder_without_touching_redis(
 
     redis_up.start()  # back (empty) on the same port, its command counters at zero
     feed(svc, "a", (130.0,))  # writes do not go through the breaker
-    d = svc.engine.predict("a", CTX)  # still within the open period: not even tried
-    assert d.flag & UNFED and hmgets(raw) == 0 and br.short_circuited == 4
-
-    clock.advance(1.0)  # the open period: the next read is the trial
+    # The invalidation link reconnects on its own: proof that Redis answers again, so the next
+    # read is the trial at once, without waiting out the open period (which a long outage grows).
+    wait_for(lambda: svc.online.cache.link_up)  # type: ignore[union-attr]
     d = svc.engine.predict("a", CTX)
     assert (d.rung, d.flags) == ("primary", 0)
     assert float(svc.engine.last_features(1)[0, 0]) == 115.0  # the fresh EWMA of 100 and 130
@@ -233,14 +233,15 @@ def test_a_stopped_redis_opens_the_breaker_by_the_slow_call_rule(load: Loader, r
     from tailguard.clock import MonotonicClock
 
     # The consecutive rule off: only the rates over a window of 4 reads can open it.  Every read
-    # times out after 30 ms of real time, over breaker_slow = 10ms: slow and failed at once.
+    # times out after the request's 20 ms budget (under the 30 ms store timeout), over
+    # breaker_slow = 10ms: slow and failed at once.
     svc = load(timeout="30ms", failures=0, window=4, breaker_clock=MonotonicClock())
     br = breaker(svc)
     assert redis_up.proc is not None
     redis_up.proc.send_signal(signal.SIGSTOP)
     try:
-        for key in ("a", "b", "c", "d"):
-            assert svc.engine.predict(key, CTX).flag & UNFED
+        for key in ("a", "b", "c", "d"):  # bulk: a 20 ms budget, so a read may wait 20 ms
+            assert svc.engine.predict(key, CTX, priority="bulk").flag & UNFED
         assert (br.state, br.opened_by, br.slow, br.failures) == (BreakerState.OPEN, "slow_rate", 4, 4)
         sent = reads(svc)
         for key in ("a", "b", "c", "d", "e"):
@@ -249,3 +250,51 @@ def test_a_stopped_redis_opens_the_breaker_by_the_slow_call_rule(load: Loader, r
         assert (br.short_circuited, reads(svc)) == (5, sent)  # nobody waited for a timeout
     finally:
         redis_up.proc.send_signal(signal.SIGCONT)
+
+
+# -- reads bounded by the request's budget ----------------------------------------------------------
+def test_a_read_waits_at_most_what_the_request_has_left(load: Loader, redis_up: RedisServer,
+                                                        clock: FakeClock) -> None:
+    svc = load(timeout="200ms", failures=3)
+    br = breaker(svc)
+    wire = svc.online.store._wire()  # type: ignore[union-attr]
+    svc.engine.predict("a", CTX, priority="critical")  # 500 µs budget on the fake clock
+    assert wire.budget_s == pytest.approx(500e-6 - 30e-6)  # the budget less the ladder's reserve
+    svc.engine.predict("a", CTX, priority="bulk")
+    assert wire.budget_s == pytest.approx(20e-3 - 30e-6)
+    assert redis_up.proc is not None
+    redis_up.proc.send_signal(signal.SIGSTOP)
+    try:
+        # A stalled Redis costs the critical request its budget, not the 200 ms timeout.
+        d = svc.engine.predict("zz", CTX, priority="critical")
+        assert d.flag & UNFED and br.failures == 1
+        with pytest.raises(FeatureStoreUnavailable, match=r"no complete reply within 0\.00047 s"):
+            svc.online.store.fetch_values(  # type: ignore[union-attr]
+                remote(svc)._parts[0].views, [b"tg:none"])
+        # A request whose deadline has already passed does not read, and says nothing about the store.
+        d = svc.engine.predict("zy", CTX, deadline_ns=clock.now_ns() - 1)
+        assert d.flag & UNFED and br.failures == 1 and br.state is BreakerState.CLOSED
+    finally:
+        redis_up.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_server_caps_every_read_at_the_tightest_class_budget(load: Loader) -> None:
+    import asyncio
+
+    from tailguard.serve.app import App, ServeConfig
+
+    svc = load()
+    loop = asyncio.new_event_loop()
+    try:
+        App(svc, ServeConfig(calibrate=False, dashboard_interval_s=0), loop)
+        # One engine thread serves every class: a bulk read (20 ms budget) may wait no longer than
+        # the critical budget (500 µs, less the ladder's reserve), or critical requests queued
+        # behind it would wait with it.
+        assert remote(svc).read_cap_ns == 500_000 - 30_000
+        svc.engine.predict("a", CTX, priority="bulk")
+        assert svc.online.store._wire().budget_s == pytest.approx(470e-6)  # type: ignore[union-attr]
+        remote(svc).read_cap_ns = None
+        App(svc, ServeConfig(calibrate=False, dashboard_interval_s=0, online_read_cap=False), loop)
+        assert remote(svc).read_cap_ns is None
+    finally:
+        loop.close()

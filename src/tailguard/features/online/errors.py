@@ -33,7 +33,8 @@ class FeatureStoreUnavailable(FeatureStoreError):
 
     ``views`` names the views that could not be served (empty when raised by a plain store,
     which serves no cached values); ``reason`` is ``"unreachable"`` (the connection failed or
-    was refused) or ``"timeout"`` (no answer within the store's timeout).
+    was refused), ``"timeout"`` (no answer within the store's timeout, or within what the
+    request had left) or ``"no_time"`` (the request's budget was spent before the read).
     """
 
     code = "feature_store_unavailable"

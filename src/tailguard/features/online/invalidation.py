@@ -64,7 +64,7 @@ class InvalidationListener:
         clock: Clock | None = None,
         heartbeat_s: float = 0.5,
         connect_timeout_s: float = 0.5,
-        max_backoff_s: float = 2.0,
+        max_backoff_s: float = 1.0,
     ) -> None:
         self.cache = cache
         self.mode = mode

@@ -91,6 +91,8 @@ class NearCache:
         self._floor = 0  # fills that started before this epoch are refused (a clear happened since)
         self.epoch = 0
         self.link_up = False
+        #: Times the invalidation link (re)connected (Redis answered it).
+        self.link_connects = 0
         self.link_timeout_ns = round(link_timeout_s * 1e9)
         self.entry_ttl_ns = round(entry_ttl_s * 1e9)
         self.connected_ns = NEVER_NS
@@ -207,6 +209,7 @@ class NearCache:
             self.connected_ns = now
             self.last_heard_ns = now
             self.link_up = True
+            self.link_connects += 1
 
     def link_heard(self) -> None:
         """A message or heartbeat reply arrived on the link."""

@@ -229,6 +229,12 @@ class RedisOnlineStore(StoreCore):
             self._wires.append(wire)
         return wire
 
+    def bound_reads(self, budget_s: float | None) -> None:
+        """Reads on this thread from now on wait at most ``budget_s`` when that is less than the
+        store's timeout (None: the timeout alone).  The engine sets it to what each request has
+        left, so a slow store costs a request its budget at most, never the whole timeout."""
+        self._wire().budget_s = budget_s
+
     def send(self, views: ViewSet, payload: bytes, n: int) -> Fetched:
         """Send a packed batch of ``n`` HMGET commands of ``views`` and read the replies (one round trip)."""
         wire = self._wire()

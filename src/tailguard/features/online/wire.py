@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tailguard.features.online.errors import FeatureStoreUnavailable
 from tailguard.features.online.replies import Fetched, HmgetParser, HmgetReplies, ProtocolError, ReplyShape
 
 __all__ = [
@@ -103,6 +104,9 @@ class WireConnection:
         )
         self._view = memoryview(bytearray(RECV_BYTES))
         self._shortened = False  # the socket's timeout is below ``timeout_s`` (set per read only when needed)
+        #: When set, the next reads wait at most this long (s) if it is less than ``timeout_s``:
+        #: the time a request has left (``RedisOnlineStore.bound_reads``).
+        self.budget_s: float | None = None
         self.connects = 0
         self.retries = 0
 
@@ -139,7 +143,14 @@ class WireConnection:
             return self._read(payload, shape, n)
 
     def _read(self, payload: bytes, shape: ReplyShape, n: int) -> Fetched:
-        deadline = time.monotonic() + self._timeout_s
+        timeout = self._timeout_s
+        budget = self.budget_s
+        if budget is not None and budget < timeout:
+            if budget <= 0:  # nothing sent, the connection stays: not the store's fault
+                raise FeatureStoreUnavailable("the request has no time left for a store read",
+                                              reason="no_time")
+            timeout = budget
+        deadline = time.monotonic() + timeout
         try:
             skip = 0
             if self._sock is None:
@@ -148,7 +159,10 @@ class WireConnection:
                     payload = self._hello + payload
                     skip = self._n_hello
             sock = self._sock
-            if self._shortened:  # a previous read cut the timeout to its deadline: restore it
+            if timeout < self._timeout_s:
+                sock.settimeout(timeout)
+                self._shortened = True
+            elif self._shortened:  # a previous read cut the timeout to its deadline: restore it
                 sock.settimeout(self._timeout_s)
                 self._shortened = False
             sock.sendall(payload)
@@ -162,9 +176,12 @@ class WireConnection:
                     return replies.result()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no complete reply within {self._timeout_s} s")
+                    raise TimeoutError(f"no complete reply within {timeout:.6g} s")
                 sock.settimeout(left)
                 self._shortened = True
+        except TimeoutError as exc:  # the socket's own says only "timed out"
+            self.close()
+            raise TimeoutError(f"no complete reply within {timeout:.6g} s") from exc
         except BaseException:
             self.close()
             raise
