@@ -47,6 +47,7 @@ __all__ = [
     "StreamSpec",
     "ViewSource",
     "load_spec",
+    "read_toml",
     "parse_spec",
 ]
 
@@ -365,7 +366,7 @@ class OnlineSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: (0: never), or when half the last ``breaker_window`` reads failed or were slow (0: never).
     breaker_failures: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 5
     breaker_window: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 20
-    #: First open period (no read touches Redis), doubled per failed trial up to 32 times it.
+    #: First open period (no read touches Redis), doubled per failed trial up to 1 s (or itself).
     breaker_open: Duration = Duration(1.0)
     #: A read slower than this is slow (None: half the ``timeout``).
     breaker_slow: Duration | None = None
@@ -428,17 +429,23 @@ def parse_spec(data: dict[str, Any], *, source: str = "") -> ServiceSpec:
 
 def load_spec(path: str | Path) -> ServiceSpec:
     """Load ``service.toml`` (or a service directory containing it)."""
+    data, p = read_toml(path, "service.toml", "service spec")
+    return parse_spec(data, source=str(p))
+
+
+def read_toml(path: str | Path, default_name: str, what: str) -> tuple[dict[str, Any], Path]:
+    """The TOML table of ``path`` (a directory: its ``default_name``) and the file read;
+    ``SpecError`` naming ``what`` when it is missing or not TOML."""
     p = Path(path)
     if p.is_dir():
-        p = p / "service.toml"
+        p = p / default_name
     try:
         with p.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f), p
     except FileNotFoundError as exc:
-        raise SpecError(f"no service spec at {p}", source=str(p)) from exc
+        raise SpecError(f"no {what} at {p}", source=str(p)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"invalid TOML: {exc}", source=str(p)) from exc
-    return parse_spec(data, source=str(p))
 
 
 def _fail(msg: str, path: str, source: str) -> SpecError:

@@ -76,6 +76,10 @@ _V_FLAGGED = _V_DEFAULTS | _V_UNCONFIRMED  # the value flags a decision reports 
 _UNKNOWN_I, _STALE_I, _UNCONFIRMED_I = int(_UNKNOWN), int(_STALE), int(_UNCONFIRMED)
 _V_CACHED = int(ValueFlag.CACHED)
 _CLOSED = BreakerState.CLOSED
+#: The online breaker's longest open period (s): one failed trial read per second at worst, and
+#: a Redis that answers again (only slowly before, so the invalidation link never dropped) is
+#: tried within a second.
+MAX_OPEN_S = 1.0
 #: Kept free after a bounded store read for the rungs that answer without features (ns).
 READ_RESERVE_NS = 30_000
 
@@ -84,10 +88,12 @@ def online_breaker(online: OnlineSpec, clock: Clock | None = None) -> CircuitBre
     """The online store's circuit breaker as ``[online]`` declares it: ``breaker_failures`` reads
     failed in a row or half of the last ``breaker_window`` failed or slow (longer than
     ``breaker_slow``, by default half the read ``timeout``) open it for ``breaker_open``,
-    doubled per failed trial up to 32 times that; one trial read closes it."""
+    doubled per failed trial up to ``MAX_OPEN_S`` (or ``breaker_open`` when longer): Redis back
+    is noticed within that, however long the outage; one trial read closes it."""
     slow = online.breaker_slow if online.breaker_slow is not None else online.timeout / 2
     cfg = BreakerConfig(failures=online.breaker_failures, window=online.breaker_window, slow_s=float(slow),
-                        open_s=float(online.breaker_open), max_open_s=32 * float(online.breaker_open))
+                        open_s=float(online.breaker_open),
+                        max_open_s=max(MAX_OPEN_S, float(online.breaker_open)))
     return CircuitBreaker(cfg, clock, name="online")
 
 

@@ -29,7 +29,6 @@ service spec.  A bad file raises ``SpecError`` naming the field path.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import msgspec
 
 from tailguard.errors import SpecError
 from tailguard.resilience.breaker import BreakerConfig
-from tailguard.spec import Duration
+from tailguard.spec import Duration, read_toml
 
 __all__ = ["RemoteBreakerSpec", "RemoteTierConfig", "load_tiers_config"]
 
@@ -99,16 +98,7 @@ def _dec_hook(tp: type, obj: Any) -> Any:
 def load_tiers_config(path: str | Path) -> RemoteTierConfig:
     """Read the ``[remote]`` table of a tiers file (or of ``tiers.toml`` in a directory).
     A missing table gives the defaults; a bad file raises ``SpecError``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "tiers.toml"
-    try:
-        with p.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError as exc:
-        raise SpecError(f"no tiers file at {p}", source=str(p)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"invalid TOML: {exc}", source=str(p)) from exc
+    data, p = read_toml(path, "tiers.toml", "tiers file")
     try:
         return msgspec.convert(data.get("remote", {}), RemoteTierConfig, dec_hook=_dec_hook)
     except (msgspec.ValidationError, ValueError) as exc:

@@ -122,8 +122,11 @@ def test_the_breaker_keys_parse_and_build_the_declared_breaker() -> None:
                                     breaker_slow="5ms")).online
     br = online_breaker(o, FakeClock())
     cfg = br.config
-    assert (cfg.failures, cfg.window, cfg.open_s, cfg.max_open_s, cfg.slow_s) == (7, 50, 0.25, 8.0, 0.005)
+    assert (cfg.failures, cfg.window, cfg.open_s, cfg.max_open_s, cfg.slow_s) == (7, 50, 0.25, 1.0, 0.005)
     assert (br.name, br.state) == ("online", BreakerState.CLOSED)
+    # Doubling stops at 1 s (Redis back is tried within a second), or at a longer breaker_open.
+    long = parse_spec(spec_with_online(breaker_open="3s")).online
+    assert online_breaker(long, FakeClock()).config.max_open_s == 3.0
 
 
 def test_load_service_fits_the_breaker_its_spec_declares(load: Loader) -> None:
@@ -184,25 +187,23 @@ def test_an_open_breaker_answers_from_the_ladder_without_touching_redis(
     assert not (b.flags & UNFED).any()
 
 
-def test_a_failed_trial_reopens_for_twice_the_period(
+def test_a_failed_trial_reopens_and_the_period_stops_growing_at_a_second(
     load: Loader, redis_up: RedisServer, clock: FakeClock
 ) -> None:
-    svc = load()
+    svc = load()  # breaker_open = 1s: doubling would pass the 1 s cap at once
     kill(redis_up, svc)
     br = breaker(svc)
     for key in ("a", "b", "c"):
         svc.engine.predict(key, CTX)
     assert br.state is BreakerState.OPEN
-    clock.advance(1.0)
     sent = reads(svc)
-    assert svc.engine.predict("a", CTX).flag & UNFED  # the trial: Redis still refuses
-    assert (reads(svc) - sent, br.state, br.opened_by) == (1, BreakerState.OPEN, "trial_failed")
-    clock.advance(1.0)
-    svc.engine.predict("a", CTX)
-    assert reads(svc) - sent == 1  # the second period is 2 s
-    clock.advance(1.0)
-    svc.engine.predict("a", CTX)
-    assert reads(svc) - sent == 2
+    for trial in range(1, 4):  # each trial fails (Redis still down) and reopens for 1 s, not 2, 4...
+        clock.advance(0.5)
+        svc.engine.predict("a", CTX)
+        assert reads(svc) - sent == trial - 1  # within the period: not tried
+        clock.advance(0.5)
+        assert svc.engine.predict("a", CTX).flag & UNFED  # the trial
+        assert (reads(svc) - sent, br.state, br.opened_by) == (trial, BreakerState.OPEN, "trial_failed")
 
 
 def test_eventual_values_are_served_from_the_cache_within_their_bound_while_open(
