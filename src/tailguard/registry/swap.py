@@ -2,11 +2,12 @@
 
 ``swap_model(service, "primary", "2", owner=inbox)`` runs in three parts:
 
-1. **load** (the calling thread, off the reply path): ``load_model`` reads and verifies the
-   version — artifact hashes, content hash, the repository's signature policy, pinned feature
-   versions against the live views — and builds its runtime; the outputs and inputs must fit
-   the engine's ladder and feature layout.  Mostly file reads and ``dlopen``, which release
-   the GIL.
+1. **load** (off the reply path; with ``owner``, on a helper thread that the owner starts and
+   lets run only inside windows of its idle time, ``registry.gated.GatedCall``, so it never
+   competes with a decision for the GIL; without, on the calling thread): ``load_model``
+   reads and verifies the version — artifact hashes, content hash, the repository's
+   signature policy, pinned feature versions against the live views — and builds its
+   runtime; the outputs and inputs must fit the engine's ladder and feature layout.
 2. **warm-up** (the owner thread, in idle time): the declared number of inferences
    (``warmup``, default the spec's) per batch size 1, 8 and 64, on ``recorded_rows`` when
    given, else on synthetic rows made from the feature views' declared defaults.  One
@@ -18,7 +19,8 @@
    rebuilt ladder in which every rung of that model reads the new version.
 
 Any refusal raises before the switch (``ModelLoadError``, ``ModelSignatureError``,
-``FeatureVersionMismatch``, ``ModelSwapError``) and the active version keeps serving.
+``FeatureVersionMismatch``, ``ModelSwapError``) and the active version keeps serving; with an
+owner, a load refusal reaches the caller once the owner has run the load's windows.
 Without ``owner`` the warm-up and the switch run on the calling thread, which is right only
 when that thread is the engine's owner or no decision is in flight.
 """
@@ -39,6 +41,7 @@ import numpy as np
 
 from tailguard.errors import ModelLoadError
 from tailguard.models.repository import LoadedModel, load_model
+from tailguard.registry.gated import GatedCall
 from tailguard.registry.owner import OwnerInbox
 from tailguard.registry.problems import ModelSwapError
 from tailguard.resilience.isolation import IsolatedRuntime
@@ -297,6 +300,59 @@ def _prepare(target: Service | Engine, model_name: str, version: str | None, ser
     return PreparedSwap(tg.engine, model, rungs, warm, time.perf_counter() - t0, tg.service)
 
 
+class _SwapSteps:
+    """The owner's steps of a swap: start the gated load (a thread start, on the owner in its
+    idle time, so the submitting thread holds the GIL for microseconds only), windows of the
+    load, then the warm-up inferences."""
+
+    START_COST_NS = 200_000
+
+    def __init__(self, load: Callable[[], GatedCall[PreparedSwap]]) -> None:
+        self._make = load
+        self.load: GatedCall[PreparedSwap] | None = None
+        self.prepared: PreparedSwap | None = None
+
+    def _ready(self) -> PreparedSwap | None:
+        if self.prepared is None and self.load is not None and self.load.done():
+            self.prepared = self.load.result()  # a refusal raises here, on the owner thread
+        return self.prepared
+
+    def done(self) -> bool:
+        p = self._ready()
+        return p is not None and p.warm.done()
+
+    def next_cost_ns(self) -> int:
+        if self.load is None:
+            return self.START_COST_NS
+        p = self._ready()
+        return self.load.next_cost_ns() if p is None else p.warm.next_cost_ns()
+
+    def step(self) -> None:
+        if self.load is None:
+            self.load = self._make()
+            return
+        p = self._ready()
+        if p is None:
+            self.load.step()
+        else:
+            p.warm.step()
+
+    def apply(self) -> str:
+        if self.load is None:
+            self.load = self._make()
+        p = self._ready()
+        if p is None:  # the owner ran the final before the load ended (it was overdue)
+            self.load.run_all()
+            p = self._ready()
+            assert p is not None
+        return p.apply()
+
+    def abandon(self) -> None:
+        """The swap was given up: let a started load finish on its own."""
+        if self.load is not None:
+            self.load.abandon()
+
+
 def swap_model(
     target: Service | Engine,
     model_name: str,
@@ -306,22 +362,35 @@ def swap_model(
     timeout_s: float = 30.0,
     **options: Unpack[SwapOptions],
 ) -> SwapReport:
-    """Hot-swap ``model_name`` to ``version``: ``prepare_swap`` on this thread, then the warm-up
-    steps and the switch on the owner thread through ``owner`` (None: all on this thread; see
-    the module docstring).  ``timeout_s`` bounds the wait for the owner; ``options``
-    (``service_dir``, ``recorded_rows``, ``warmup``) go to ``prepare_swap``.  Returns a
-    ``SwapReport``; on any refusal raises and the active version keeps serving."""
-    with short_gil_slices():  # from the first line on: this thread's set-up competes too
-        prepared = prepare_swap(target, model_name, version, **options)
+    """Hot-swap ``model_name`` to ``version`` (see the module docstring).  Without ``owner``
+    everything runs on this thread.  With ``owner``, ``prepare_swap`` runs on a helper thread
+    gated by the owner (``registry.gated.GatedCall``: it runs only in windows the owner opens
+    in its idle time, so it never competes with a decision for the GIL), then the warm-up
+    steps and the switch run on the owner thread.  ``timeout_s`` bounds the wait for the
+    owner; ``options`` (``service_dir``, ``recorded_rows``, ``warmup``) go to ``prepare_swap``.
+    Returns a ``SwapReport``; on any refusal raises and the active version keeps serving."""
     t0 = time.perf_counter()
-    try:
-        if owner is None:
+    if owner is None:
+        prepared = prepare_swap(target, model_name, version, **options)
+        t1 = time.perf_counter()
+        try:
             old_version = prepared.apply()
-        else:
-            old_version = owner.call(prepared.apply, timeout_s, steps=prepared.warm)
-    except BaseException:
-        _close_unused(prepared)
-        raise
+        except BaseException:
+            _close_unused(prepared)
+            raise
+    else:
+        steps = _SwapSteps(lambda: GatedCall(lambda: prepare_swap(target, model_name, version, **options),
+                                             name=f"tailguard-swap-{model_name}"))
+        try:
+            old_version = owner.call(steps.apply, timeout_s, steps=steps)
+        except BaseException:
+            steps.abandon()
+            if steps.prepared is not None:
+                _close_unused(steps.prepared)
+            raise
+        prepared = steps.prepared  # type: ignore[assignment]
+        assert prepared is not None
+        t1 = t0 + prepared.load_s
     m = prepared.model
     return SwapReport(
         model=model_name,
@@ -332,7 +401,7 @@ def swap_model(
         rungs=prepared.rungs,
         warmup_inferences=prepared.warm.runs,
         load_s=prepared.load_s,
-        switch_s=time.perf_counter() - t0,
+        switch_s=time.perf_counter() - t1,
     )
 
 
