@@ -208,6 +208,7 @@ class Engine:
                 pname, budget_ns = self._budget(priority, budget_s)
             else:
                 pname, budget_ns = pc
+            deadline = t0 + budget_ns if deadline_ns is None else deadline_ns
             index = self._single_index
             if index is not None and type(keys) is index.key_type:
                 rows: tuple[int, ...] = (index.rows.get(keys, 0),)
@@ -217,13 +218,11 @@ class Engine:
             if self.remote is None:
                 flags = self.assembler.fill_one(rows, context, self._wide_row, t1)
             else:
-                flags = self.remote.fill_one(keys, context, self._wide_row, t1,
-                                             t0 + budget_ns if deadline_ns is None else deadline_ns)
+                flags = self.remote.fill_one(keys, context, self._wide_row, t1, deadline)
         except ValidationError:
             self.invalid += 1
             raise
         t2 = now()
-        deadline = t0 + budget_ns if deadline_ns is None else deadline_ns
         out: np.ndarray | None = None
         version = ""
         rungs = self.rungs
@@ -248,7 +247,7 @@ class Engine:
                 out = y[0].copy()
                 version = rung.label
                 br = rung.breaker
-                if br is not None and (br.state or br.streak):  # a trial, or failures to forget
+                if br is not None and (br.state or br.streak):  # ``br.answered()``, inlined
                     br.success(br.now())
                 self._last_good.put(rows[0], out, self._last_observed[rung.index])
                 break
@@ -300,6 +299,7 @@ class Engine:
         t0 = now()
         try:
             pname, budget_ns = self._budget(priority, budget_s)
+            deadline = t0 + budget_ns if deadline_ns is None else deadline_ns
             rows, n = rows_many(self.store, self._entities, self._single, keys)
             if n == 0:
                 raise ValidationError("empty batch", field="keys")
@@ -311,13 +311,11 @@ class Engine:
             if self.remote is None:
                 flags = self.assembler.fill_many(rows, context, self._wide, t1)
             else:
-                flags = self.remote.fill_many(keys, n, context, self._wide, t1,
-                                              t0 + budget_ns if deadline_ns is None else deadline_ns)
+                flags = self.remote.fill_many(keys, n, context, self._wide, t1, deadline)
         except ValidationError:
             self.invalid += 1
             raise
         t2 = now()
-        deadline = t0 + budget_ns if deadline_ns is None else deadline_ns
         primary_rows = rows[:, 0]
         wide = self._wide[:n]
         first = self.rungs[start_rung]
@@ -335,9 +333,8 @@ class Engine:
             out = y.copy()
             rung_of = np.full(n, start_rung, dtype=np.int8)
             version = first.label
-            br = first.breaker
-            if br is not None and (br.state or br.streak):
-                br.success(br.now())
+            if first.breaker is not None:
+                first.breaker.answered()
             self._last_good.put_many(primary_rows, out, self._last_observed[start_rung])
             t3 = now()
             self.answered[start_rung] += n
@@ -396,8 +393,8 @@ class Engine:
                 if not good.all():
                     self._failed_answer(rung)
                     flags[pending & ~good] |= _FAILED
-                elif rung.breaker is not None and (rung.breaker.state or rung.breaker.streak):
-                    rung.breaker.success(rung.breaker.now())
+                elif rung.breaker is not None:
+                    rung.breaker.answered()
                 if take.any():
                     out[take] = y[take]
                     rung_of[take] = rung.index

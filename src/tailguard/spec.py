@@ -46,6 +46,7 @@ __all__ = [
     "ServingSpec",
     "StreamSpec",
     "ViewSource",
+    "dec_hook",
     "load_spec",
     "read_toml",
     "parse_spec",
@@ -84,7 +85,8 @@ class Duration(float):
         return cls(seconds)
 
 
-def _dec_hook(tp: type, obj: Any) -> Any:
+def dec_hook(tp: type, obj: Any) -> Any:
+    """msgspec's ``dec_hook`` for spec-like tables: ``Duration`` fields from strings or numbers."""
     if tp is Duration:
         return Duration.parse(obj)
     # msgspec's dec_hook protocol: NotImplementedError means "not a type this hook converts".
@@ -418,7 +420,7 @@ class ServiceSpec(_Spec, frozen=True, forbid_unknown_fields=True, kw_only=True):
 def parse_spec(data: dict[str, Any], *, source: str = "") -> ServiceSpec:
     """Convert parsed TOML into a checked ``ServiceSpec``; raises ``SpecError`` naming the path."""
     try:
-        spec = msgspec.convert(data, ServiceSpec, dec_hook=_dec_hook)
+        spec = msgspec.convert(data, ServiceSpec, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         path = msg.rsplit(" - at ", 1)[1].strip("`") if " - at " in msg else "$"

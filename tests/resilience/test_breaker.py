@@ -264,3 +264,21 @@ def test_the_state_values_are_the_gauge_values() -> None:
 def test_bad_configs_are_refused(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BreakerConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_answered_records_only_what_changes_something() -> None:
+    clock = FakeClock()
+    br = make(clock, failures=3, window=0)
+    br.answered()
+    assert br.calls == 0  # closed, nothing pending: not even recorded
+    br.failure(br.now())
+    br.failure(br.now())
+    br.answered()  # ends the run of failures
+    assert (br.calls, br.streak) == (3, 0)
+    for _ in range(3):
+        br.failure(br.now())
+    assert br.state is BreakerState.OPEN
+    clock.advance(1.0)
+    assert br.allow()  # the trial
+    br.answered()
+    assert br.state is BreakerState.CLOSED

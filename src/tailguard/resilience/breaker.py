@@ -167,6 +167,14 @@ class CircuitBreaker:
             return
         self._trial_ended(now, slow, failed=False)
 
+    def answered(self) -> None:
+        """A call answered, for a caller that records only what changes something: a half-open
+        trial passed, or a closed breaker's run of failures is over.  Nothing (no clock read)
+        while the breaker is closed with no failure pending: cheap on a hot path.  Only for a
+        breaker without the slow and rate rules (``window = 0``), which need every outcome."""
+        if self.state or self.streak:
+            self.success(self.now())
+
     def failure(self, start_ns: int) -> None:
         """The call begun at ``start_ns`` failed (unreachable, timed out)."""
         now = self.now()

@@ -106,17 +106,16 @@ class DisconnectStorm:
         self.connections += 1
         self.by_mode[mode] += 1
         try:
-            if mode >= 1:
-                writer.write(self._hello)
-            if mode == 2:
-                writer.write(self._request[: len(self._request) // 2])
-            elif mode == 3:
-                writer.write(self._request)
-            if mode:
-                await writer.drain()
-                await asyncio.sleep(0.001 * (i % 5))
-        except OSError:
-            pass
+            with contextlib.suppress(OSError):  # the server may drop a half-sent connection first
+                if mode >= 1:
+                    writer.write(self._hello)
+                if mode == 2:
+                    writer.write(self._request[: len(self._request) // 2])
+                elif mode == 3:
+                    writer.write(self._request)
+                if mode:
+                    await writer.drain()
+                    await asyncio.sleep(0.001 * (i % 5))
         finally:
             _reset(writer)
 

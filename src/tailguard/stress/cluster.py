@@ -32,13 +32,10 @@ __all__ = ["Replica", "open_fds", "rss_bytes"]
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` in bytes (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 

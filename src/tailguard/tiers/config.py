@@ -30,13 +30,12 @@ service spec.  A bad file raises ``SpecError`` naming the field path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from tailguard.errors import SpecError
 from tailguard.resilience.breaker import BreakerConfig
-from tailguard.spec import Duration, read_toml
+from tailguard.spec import Duration, dec_hook, read_toml
 
 __all__ = ["RemoteBreakerSpec", "RemoteTierConfig", "load_tiers_config"]
 
@@ -89,18 +88,12 @@ class RemoteTierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         self.breaker.breaker_config()  # its own checks, at construction
 
 
-def _dec_hook(tp: type, obj: Any) -> Any:
-    if tp is Duration:
-        return Duration.parse(obj)
-    raise NotImplementedError(f"unsupported type {tp!r}")
-
-
 def load_tiers_config(path: str | Path) -> RemoteTierConfig:
     """Read the ``[remote]`` table of a tiers file (or of ``tiers.toml`` in a directory).
     A missing table gives the defaults; a bad file raises ``SpecError``."""
     data, p = read_toml(path, "tiers.toml", "tiers file")
     try:
-        return msgspec.convert(data.get("remote", {}), RemoteTierConfig, dec_hook=_dec_hook)
+        return msgspec.convert(data.get("remote", {}), RemoteTierConfig, dec_hook=dec_hook)
     except (msgspec.ValidationError, ValueError) as exc:
         msg = str(exc)
         at = msg.rsplit(" - at ", 1)[1].strip("`") if " - at " in msg else "$"
