@@ -9,8 +9,10 @@ when the example's own are missing or stale):
    task) and ``on`` (the latency recorder hook, one ``DecisionTap`` read by an ``AuditLog``
    with the default 50 ms batched fsync and the ``DriftMonitor`` of its ``[drift]`` section,
    and a ``DashboardSampler``, plus a Prometheus ``render`` every ``--scrape-s`` as a scrape
-   would).  One instance, not copies: copies differ in memory layout, which moves a cold
-   call's p50 by a few µs between them.  Each series runs
+   would), and ``side``: as ``on`` with the audit log and the drift monitor in a side process
+   (``tailguard.observe.sideproc``; ``side_process_*_overhead_ratio``).  One instance, not
+   copies: copies differ in memory layout, which moves a cold call's p50 by a few µs between
+   them.  Each series runs
    ``engine.predict(symbol, quote, priority="critical")`` at a fixed rate (``--rate``), in
    interleaved blocks (order rotated per round); its side path runs as the server runs it:
    a slice of ``run_side_path(--side-slice-us)`` right after a reply once 32 decisions wait
@@ -69,7 +71,7 @@ import tailguard  # noqa: E402
 
 SIDE_INTERVAL_NS = 10_000_000  # the server's side-path timer (ServeConfig.side_path_interval_s)
 SIDE_BUDGET_S = 50e-6  # and its budget per tick (ServeConfig.side_path_budget_s)
-SLICE_MIN_BACKLOG = 32  # a slice after a reply once this many decisions wait (ServeConfig.side_slice_backlog)
+SLICE_MIN_BACKLOG = 32  # default --slice-backlog: ServeConfig.side_slice_backlog
 SLICE_RECENT_NS = 50_000_000  # the timer skips side-path work when a slice ran this recently
 TICKS_PER_BLOCK = 16  # applied between blocks, as a live feed would (keeps features fresh)
 TARGETS = (
@@ -115,7 +117,7 @@ def service_copies(workdir: Path) -> tuple[Path, Path]:
 
 # -- 1. in process -----------------------------------------------------------------------------------
 #: The in-process series: ``off`` and ``on`` (the figures of the targets), then each side path alone.
-SERIES = ("off", "on", "metrics", "audit", "drift", "dashboard")
+SERIES = ("off", "on", "side", "metrics", "audit", "drift", "dashboard")
 
 
 class Side:
@@ -130,6 +132,7 @@ class Side:
         self.svc = svc
         self.config = config
         self.slice_s = slice_s
+        self.slice_backlog = SLICE_MIN_BACKLOG
         self.slices = 0
         self.slice_ns = np.zeros(max_slices if slice_s else 0, dtype=np.int64)
         self.last_slice_ns = 0
@@ -160,8 +163,8 @@ class Side:
 
     def after_reply(self) -> None:
         """The idle-time slice that may follow a reply: run when the side path's backlog
-        reached ``SLICE_MIN_BACKLOG`` decisions (``Service.side_backlog``), as the server does."""
-        if self.svc.side_backlog() < SLICE_MIN_BACKLOG:
+        reached ``slice_backlog`` decisions (``Service.side_backlog``), as the server does."""
+        if self.svc.side_backlog() < self.slice_backlog:
             return
         t0 = self.last_slice_ns = time.perf_counter_ns()
         self.items += self.svc.run_side_path(self.slice_s)
@@ -242,7 +245,8 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
     for name in names:
         on = name == "on"
         with_latency = on or name == "metrics"
-        tap = DecisionTap(svc.engine, 1 << 16, history=1024) if on or name in ("audit", "drift") else None
+        tapped = on or name in ("audit", "drift", "side")
+        tap = DecisionTap(svc.engine, 1 << 16, history=1024) if tapped else None
         rec = latency
         if on:  # as Service.decision_tap does: the recorder reads the tap, one hook for all
             rec = LatencyRecorder()
@@ -257,6 +261,17 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
             tasks["drift"].bind_tap(tap)
         if on or name == "dashboard":
             tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300)
+        if name == "side":  # as ``on``, the audit log and drift monitor in a side process
+            from tailguard.observe.sideproc import AuditConfig, RemoteDrift, SideProcess
+
+            rec = LatencyRecorder()
+            rec.bind_tap(tap)
+            svc._tap, svc.latency, with_latency = tap, rec, True
+            new_key(workdir / "side.key")
+            sp = SideProcess(svc, audit=AuditConfig(str(workdir / "audit-side"), str(workdir / "side.key")),
+                             drift=True).start()
+            tasks = {"side": sp, "drift": RemoteDrift(sp),
+                     "dashboard": DashboardSampler(svc, interval_s=1.0, capacity=300)}
         hooks = [h for h in (latency if name == "metrics" else None, tap) if h is not None]
         configs[name] = Config(hooks, tasks, tap, rec if with_latency else None)
     return svc, configs
@@ -264,6 +279,11 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
 
 def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if "side" in tasks:
+        st = tasks["side"].statistics()
+        out["side"] = {k: st[k] for k in ("sent", "frames", "restarts", "unacknowledged")}
+        out["side"]["audit"] = st["audit"]
+        return out
     if "audit" in tasks:
         a = tasks["audit"]
         out["audit"] = {"written": a.written, "pending": a.pending, "dropped": a.dropped,
@@ -280,7 +300,7 @@ def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
 def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path) -> dict[str, Any]:
     from tailguard.serve.app import SidePathGC
 
-    names = list(SERIES if not args.no_breakdown else SERIES[:2])
+    names = list(SERIES if not args.no_breakdown else SERIES[:3])
     svc, configs = build_configs(names, drift, workdir)
     services = [svc]
     feed = Feed(args.seed)
@@ -294,9 +314,11 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     max_ticks = int((args.rounds + 1) * args.block_s * 1e9 / SIDE_INTERVAL_NS) + 100
     scrape = round(args.scrape_s * 1e9)
     slice_s = args.side_slice_us / 1e6
-    sides = {name: Side(svc, gc.tick, scrape if name in ("on", "metrics") else 0, max_ticks, slice_s,
+    sides = {name: Side(svc, gc.tick, scrape if name in ("on", "side", "metrics") else 0, max_ticks, slice_s,
                         (args.rounds + 1) * block, configs[name])
              for name in names}
+    for s in sides.values():
+        s.slice_backlog = args.slice_backlog
     n = block * args.rounds
     lat = {k: np.zeros(n, dtype=np.int64) for k in sides}
     svc_ns = {k: np.zeros(n, dtype=np.int64) for k in sides}
@@ -477,6 +499,9 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "service_p50_overhead_ratio": _ratio(svc["on"]["p50"], svc["off"]["p50"]),
         "service_p99_overhead_ratio": _ratio(svc["on"]["p99"], svc["off"]["p99"]),
     }
+    if "side" in lat:  # everything on, audit and drift in a side process (tailguard.observe.sideproc)
+        out["side_process_p50_overhead_ratio"] = _ratio(lat["side"]["p50"], lat["off"]["p50"])
+        out["side_process_p99_overhead_ratio"] = _ratio(lat["side"]["p99"], lat["off"]["p99"])
     for name in ip["series"]:
         for q in ("p50", "p99", "p999", "max"):
             out[f"inproc_{name}_{q}_us"] = round(lat[name][q], 2)
@@ -530,7 +555,10 @@ def report(s: dict[str, Any], res: dict[str, Any], stream: Any) -> None:
     p(f"  on/off: p50 {s['p50_overhead_ratio']}, p99 {s['p99_overhead_ratio']}, "
       f"p99.9 {s['p999_overhead_ratio']}; the call alone: p50 {s['service_p50_overhead_ratio']}, "
       f"p99 {s['service_p99_overhead_ratio']}")
-    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on")]
+    if "side_process_p50_overhead_ratio" in s:
+        p(f"  side/off (audit and drift in a side process): p50 {s['side_process_p50_overhead_ratio']}, "
+          f"p99 {s['side_process_p99_overhead_ratio']}")
+    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on", "side")]
     if alone:
         p("  each alone: " + ", ".join(f"{n} +{s[f'{n}_service_p50_added_us']} us call p50, "
                                        f"p99 x{s[f'{n}_p99_ratio']}" for n in alone))
@@ -597,6 +625,9 @@ def main() -> None:
     ap.add_argument("--side-slice-us", type=float, default=100.0,
                     help="in process: side-path slice budget after replies, as the server runs it "
                          "(0: timer only)")
+    ap.add_argument("--slice-backlog", type=int, default=SLICE_MIN_BACKLOG,
+                    help="decisions waiting before a slice runs after a reply (as "
+                         "ServeConfig.side_slice_backlog; default 32)")
     ap.add_argument("--scrape-s", type=float, default=15.0, help="Prometheus render interval (0: none)")
     ap.add_argument("--records", type=int, default=0, help="audit records to write and replay (default 1M)")
     ap.add_argument("--profile", action="store_true", help="profile replay, print its top functions")

@@ -130,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_keep_segments=args.audit_keep_segments,
         audit_nats=args.audit_nats,
         audit_nats_stream=args.audit_nats_stream,
+        side_process=args.side_process,
         otlp_endpoint=args.otlp_endpoint,
         trace_sample=0.01 if args.trace_sample is None else args.trace_sample,
         log_json=args.log_json,
@@ -266,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--audit-keep-segments", type=int, help="keep at least the newest N audit segments")
     s.add_argument("--audit-nats", metavar="URL", help="copy each worker's audit log to NATS JetStream")
     s.add_argument("--audit-nats-stream", default="TAILGUARD_AUDIT", help="the JetStream stream of the copy")
+    s.add_argument("--side-process", action="store_true",
+                   help="run the audit log and drift monitor in a side process per worker "
+                        "(off the serving core)")
     s.add_argument("--otlp-endpoint", metavar="URL",
                    help="trace sampled requests: OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)")
     s.add_argument("--trace-sample", metavar="RATIO", type=_ratio,

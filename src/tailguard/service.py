@@ -174,16 +174,19 @@ def load_service(
     freeze_gc: bool = True,
     store_capacity: int = 1024,
     online_url: str | None = None,
+    offline: bool = False,
 ) -> Service:
     """Load and verify a service directory; see the module docstring.  ``online_url``
-    overrides ``[online] url`` (and only matters with ``backend = "redis"``)."""
+    overrides ``[online] url`` (and only matters with ``backend = "redis"``); ``offline``
+    keeps features in memory whatever ``[online]`` says (a side process that only reads the
+    decisions of the engine that serves: ``tailguard.observe.sideproc``)."""
     root = Path(directory).resolve()
     spec = load_spec(root)
     clock = clock or MonotonicClock()
     views = compile_views(spec.feature_views, str(root))
     live = {n: v.version for n, v in views.items()}
     online: OnlineStore | None = None
-    if spec.online.backend == "redis":
+    if spec.online.backend == "redis" and not offline:
         online = _open_online(spec, views, clock, online_url)
         store: InMemoryOnlineStore = KeyIndex(views, spec.entities, online, clock=clock,
                                               max_keys=spec.online.max_keys)

@@ -282,3 +282,43 @@ def test_down_endpoint_is_readmitted_by_a_health_check(make_server: Make) -> Non
             assert len(a2.conns) == 1  # the checked connection carried the call
 
     run(main())
+
+
+def test_warm_connections_carry_a_retry_when_one_dies_with_its_worker(make_server: Make) -> None:
+    s = make_server()
+    died: list[object] = []
+    served_on: list[object] = []
+
+    def first_dies(conn: Any, req: Any) -> None:  # one worker process dies, the listener stays
+        if not died:
+            died.append(conn)
+            conn.close()
+        else:
+            served_on.append(conn)
+            conn.reply(req)
+
+    s.script = first_dies
+
+    async def main() -> None:
+        async with AsyncClient(s.address, warm_connections=3, health_interval_s=0, timeout_s=5.0) as c:
+            assert await c.connect() == 1
+            assert c.statistics()["connections_opened"] == 3  # opened up front, not on demand
+            r = await c.predict(7)
+            assert r.outputs["p"] == 7.0 and r.attempts == 2
+            # The re-send went out at once on one of the other warm connections (not on a new
+            # one); a replacement is opened aside to keep three open.
+            assert served_on[0] in s.conns[:3] and served_on[0] is not died[0]
+            for _ in range(200):
+                if c.statistics()["connections"][f"tcp://{s.address}"] == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert c.statistics()["connections"][f"tcp://{s.address}"] == 3
+            assert c.statistics()["connections_opened"] == 4
+
+    run(main())
+    assert len(died) == 1
+
+
+def test_warm_connections_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="warm_connections"):
+        AsyncClient("127.0.0.1:1", warm_connections=0)

@@ -429,3 +429,26 @@ def test_a_single_endpoint_whose_connection_dies_is_retried_on_a_new_connection(
         stats = c.statistics()
     assert r.status == Status.OK and died and stats["retries"] == 1
     assert stats["connections_opened"] == 2 and stats["endpoints"][f"tcp://{s.address}"] == "up"
+
+
+def test_warm_connections_are_opened_by_connect_and_carry_a_retry(make_server: Make) -> None:
+    s = make_server()
+    died: list[FakeConn] = []
+    served_on: list[FakeConn] = []
+
+    def first_dies(conn: FakeConn, req: Request) -> None:  # one worker dies, the listener stays
+        if not died:
+            died.append(conn)
+            conn.close()
+        else:
+            served_on.append(conn)
+            conn.reply(req)
+
+    s.script = first_dies
+    with Client(s.address, pool_size=1, warm_connections=3, health_interval_s=0) as c:
+        assert c.connect() == 1
+        assert c.statistics()["connections_opened"] == 3
+        r = c.predict(5)
+        assert r.outputs["p"] == 5.0 and r.attempts == 2
+        assert c.statistics()["connections_opened"] == 3  # the re-send took a pooled one
+        assert served_on[0] in s.conns[:3] and served_on[0] is not died[0]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from toyservice import CTX, feed
 
 from tailguard import Service
 from tailguard.features.store import NEVER
-from tailguard.observe.tap import DECISION, FILLED, MONO, ROWS, WALL, DecisionTap, singles
+from tailguard.observe.tap import DECISION, FILLED, ROWS, DecisionTap, decided_ns, singles
 from tailguard.testing import FakeClock
 
 KEYS = [f"k{i}" for i in range(5)]
@@ -25,8 +27,30 @@ def test_a_decision_is_kept_with_its_feature_row_write_times_and_times(service: 
     assert np.array_equal(tap.row_features(i)[0], service.engine.last_features(1)[0])
     assert np.array_equal(tap.row_written(i)[0], service.engine.last_written_ns(1)[0])
     assert tap.row_written(i)[0, 0] != NEVER  # "a" was written by feed()
-    assert tap.slots[i][WALL] == 1_700_000_000_000_000_000 and tap.slots[i][MONO] == clock.now_ns()
     assert tap.slots[i][FILLED] == service.engine.assembler.filled_ns
+    # No clock is read for the entry: the decision's end follows from the fill time and the
+    # stage timings, its wall-clock time from the tap's offset between the two clocks.
+    assert decided_ns(tap.slots[i]) == clock.now_ns()
+    assert decided_ns(tap.slots[i]) + tap.wall_offset() == 1_700_000_000_000_000_000
+
+
+def test_the_decision_time_is_the_engines_end_of_the_call(toy_dir: Path) -> None:
+    from tailguard.service import load_service
+
+    svc = load_service(toy_dir)  # the real clock: every stage takes time
+    tap = DecisionTap(svc.engine, 8)
+    svc.engine.set_hooks([tap])
+    before = svc.engine.clock.now_ns()
+    d = svc.engine.predict("a", CTX)
+    bd = svc.engine.predict_batch(KEYS, CTX)
+    after = svc.engine.clock.now_ns()
+    for e, dec in ((tap.slots[0], d), (tap.slots[1], bd)):
+        t = dec.timings_ns
+        assert all(t[1:4])
+        # t0 = fill time - ingest; the decision's end t4 = t0 + total
+        assert decided_ns(e) == e[FILLED] - t[0] + t[4]
+    assert before < decided_ns(tap.slots[0]) < decided_ns(tap.slots[1]) <= after
+    svc.close()
 
 
 def test_a_batch_keeps_copies_of_all_its_rows(service: Service) -> None:

@@ -72,7 +72,7 @@ from tailguard.observe.tap import FILLED, WRITTEN, DecisionTap, singles
 if TYPE_CHECKING:
     from tailguard.service import Service
 
-__all__ = ["AuditError", "AuditLog", "load_key", "new_key"]
+__all__ = ["AuditError", "AuditLog", "load_key", "model_hashes", "new_key"]
 
 _RUN = 256  # ring slots whose ages are made in one numpy pass
 _SMALL_RUN = 8  # shorter runs: ages per record (numpy's fixed cost would dominate)
@@ -117,6 +117,11 @@ def _fsync_in_background(fd: int, state: _Synced) -> None:
     _jobs.put((os.dup(fd), state.asked, state))
 
 
+def model_hashes(engine: Engine) -> dict[str, str]:
+    """Version label -> content hash of every model rung of ``engine``."""
+    return {r.label: r.model.manifest.content_hash for r in engine.rungs if r.model is not None}
+
+
 class AuditLog:
     """Log every decision of ``engine`` to ``directory`` (install it as an engine hook, or
     ``service.attach`` it).  ``for_service`` also applies the spec's PII marks."""
@@ -143,6 +148,9 @@ class AuditLog:
         self._tap = tap if tap is not None else DecisionTap(engine, capacity, wall_clock=wall_clock)
         self._own_tap = tap is None
         self._reader = self._tap.reader()
+        #: The tap position below which every decision's record is in the OS (written, perhaps
+        #: not yet fsynced): what survives this process's kill -9 (``observe.sideproc`` acks it).
+        self.handed_over = self._reader.position
         self._encoder = msgspec.msgpack.Encoder(enc_hook=plain)
         self._mac = hashlib.blake2b(digest_size=MAC_BYTES, key=key)  # copied per entry
         self._wall, self._mono = wall_clock, engine.clock.now_ns
@@ -150,6 +158,7 @@ class AuditLog:
         self._views = engine.assembler.stored_views
         self._ages1 = struct.Struct(f"<{len(self._views)}q")
         self._hashes: dict[str, str] = {}
+        self._learned: dict[str, str] = {}
         self.dropped = self._unrecorded_drops = self.written = self.checkpoints = 0
         self._last_fsync = self._since_ck = 0
         self._synced, self._dirty = _Synced(), False
@@ -202,6 +211,7 @@ class AuditLog:
         self._tap.remove(self._reader)
         self._tap, self._own_tap = tap, False
         self._reader = tap.reader()
+        self.handed_over = self._reader.position
 
     # -- side path -------------------------------------------------------------------------------
     @property
@@ -277,6 +287,7 @@ class AuditLog:
         pos = reader.position
         total = min(tap.head - pos, limit)
         seq, prev, start, k, t0 = self._seq, self._prev, len(self._buf), 0, now()
+        offset = tap.wall_offset()  # decided_ns + offset: the decision's wall-clock ns
         stop = False
         while k < total and not stop:
             run = tap.entries(pos + k, min(total - k, tap.capacity - ((pos + k) & tap.mask), _RUN))
@@ -284,7 +295,7 @@ class AuditLog:
             if ones:
                 w = np.frombuffer(b"".join([e[WRITTEN] for e in run]), dtype=np.int64).reshape(len(run), -1)
                 ab = self._ages(w, np.array([e[FILLED] for e in run], dtype=np.int64)[:, None])
-            for j, (d, feats, written, filled, wall, mono, rows) in enumerate(run):
+            for j, (d, feats, written, filled, rows) in enumerate(run):
                 if end is not None and k >= first:  # stop before a record of the mean cost would overrun
                     t = now()
                     if t + ((t - t0) // k if k else 0) >= end:
@@ -303,12 +314,14 @@ class AuditLog:
                     ages = self._ages(np.frombuffer(written, dtype=np.int64), filled)
                 if pii is not None:
                     keys = pii.apply(keys)
+                t = d.timings_ns
+                mono = filled + t[1] + t[2] + t[3]  # ``tap.decided_ns``, inlined
                 version = d.model_version
                 model_hash = hashes.get(version)
                 if model_hash is None:
                     model_hash = self._model_hash(version)
                     hashes = self._hashes
-                payload = encode(DecisionRecord(seq, wall, mono, keys, d.priority, version, rungs,
+                payload = encode(DecisionRecord(seq, mono + offset, mono, keys, d.priority, version, rungs,
                                                 flags, width, feats, len(d.output_names), d.outputs.tobytes(),
                                                 list(d.timings_ns), "", model_hash, ages))
                 h = mac.copy()
@@ -332,10 +345,15 @@ class AuditLog:
         """Each stored view's age at decision time, int64 LE (``NO_AGE``: never written)."""
         return np.where(written == NEVER, NO_AGE, filled - written).astype("<i8").tobytes()
 
+    def learn_hashes(self, hashes: dict[str, str]) -> None:
+        """Content hashes of model versions this log's engine does not hold (label -> hash): a
+        side process logging another process's decisions learns them from it."""
+        self._learned.update(hashes)
+        self._hashes.update(hashes)
+
     def _model_hash(self, label: str) -> str:
         """The content hash of the model labelled ``label`` (models may be swapped at run time)."""
-        self._hashes = {r.label: r.model.manifest.content_hash for r in self.engine.rungs
-                        if r.model is not None}
+        self._hashes = {**model_hashes(self.engine), **self._learned}
         return self._hashes.setdefault(label, "")
 
     # -- file handling ----------------------------------------------------------------------------
@@ -426,6 +444,7 @@ class AuditLog:
     def _sync(self) -> None:
         self._flush()
         self._file.flush()
+        self.handed_over = self._reader.position
         if self._subjects is not None:
             self._subjects.sync()  # keys before the records that use them
         os.fsync(self._file.fileno())
@@ -439,6 +458,7 @@ class AuditLog:
             error, state.error = state.error, None
             raise AuditError(f"fsync of the audit log in {self.directory} failed") from error
         self._file.flush()  # after kill -9 the OS still has them
+        self.handed_over = self._reader.position
         if state.done != state.asked:
             return
         if self._subjects is not None:

@@ -37,7 +37,12 @@ class AsyncClient:
     """An asyncio tailguard client; the arguments are those of ``Client`` (see there).
 
     ``pool_size`` here is the number of pipelined connections per endpoint (default 1: one
-    connection carries many concurrent requests).  ``clock`` must advance with the event
+    connection carries many concurrent requests).  ``warm_connections``: connections per
+    endpoint that ``connect`` opens and the client keeps open (reopened in the background
+    after a loss; ``pool_size`` is raised to it).  Against a replica of several worker
+    processes behind one listener (``tailguard serve --workers N``) a few of them land on
+    different workers, so a request whose connection died with its worker is re-sent at once
+    on another one instead of after a new connect and handshake.  ``clock`` must advance with the event
     loop's clock (timers are the loop's), so tests use the default.
     """
 
@@ -46,6 +51,7 @@ class AsyncClient:
         endpoints: str | Endpoint | Sequence[str | Endpoint],
         *,
         pool_size: int = 1,
+        warm_connections: int = 1,
         connect_timeout_s: float = 1.0,
         timeout_s: float = 1.0,
         timeout_margin_s: float = 0.02,
@@ -63,14 +69,17 @@ class AsyncClient:
         clock: Clock | None = None,
     ) -> None:
         self._core = core = Core(
-            endpoints, pool_size=pool_size, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
+            endpoints, pool_size=max(pool_size, warm_connections), connect_timeout_s=connect_timeout_s,
+            timeout_s=timeout_s,
             timeout_margin_s=timeout_margin_s, max_retries=max_retries, hedge=hedge, balance=balance,
             down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s, eject_after=eject_after,
             latency_decay_s=latency_decay_s, rng=rng, client_id=client_id, max_reply_frame=max_reply_frame,
             clock=clock,
         )
         self._now = core.now
-        self._pools = Pools(core, health_interval_s)
+        if warm_connections < 1:
+            raise ValueError(f"warm_connections must be >= 1, got {warm_connections}")
+        self._pools = Pools(core, health_interval_s, warm=warm_connections)
 
     # -- public API --------------------------------------------------------------------------
     async def predict(
@@ -110,6 +119,8 @@ class AsyncClient:
             if isinstance(g, BaseException) and not isinstance(g, ClientError):
                 raise g
         reached = sum(1 for g in got if g is not None and not isinstance(g, BaseException))
+        await asyncio.gather(*(self._pools.fill(s) for s, g in zip(slots, got, strict=True)
+                               if g is not None and not isinstance(g, BaseException)))
         if not reached:
             raise Unavailable("no endpoint could be connected", errors=errors,
                               retry_after_s=core.health.next_due_s())

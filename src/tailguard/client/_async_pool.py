@@ -36,8 +36,9 @@ class _Pool:
 class Pools:
     """Every endpoint's connections (see the module docstring)."""
 
-    def __init__(self, core: Core, health_interval_s: float) -> None:
+    def __init__(self, core: Core, health_interval_s: float, *, warm: int = 1) -> None:
         self._core = core
+        self._warm = warm
         self._pools = [_Pool() for _ in core.health.slots]
         self._interval_s = health_interval_s
         self._checker: asyncio.Task[None] | None = None
@@ -55,9 +56,16 @@ class Pools:
         full (no waiting, no new connection); None sends the caller to ``acquire``."""
         pool = self._pools[slot.index]
         best: AsyncConn | None = None
+        usable = 0
         for c in pool.conns:
-            if c.usable and (best is None or len(c.pending) < len(best.pending)):
-                best = c
+            if c.usable:
+                usable += 1
+                if best is None or len(c.pending) < len(best.pending):
+                    best = c
+        if usable < len(pool.conns):
+            pool.conns[:] = [c for c in pool.conns if c.usable]
+            if usable < self._warm and best is not None and pool.connecting is None and not self._closed:
+                self._connect(slot).add_done_callback(_retrieve)  # a warm one died: reopen it aside
         if best is None or (best.pending and len(pool.conns) < self._core.pool_size):
             return None
         return best
@@ -69,6 +77,8 @@ class Pools:
         conns = pool.conns
         if any(not c.usable for c in conns):
             conns[:] = [c for c in conns if c.usable]
+            if len(conns) < self._warm and pool.connecting is None and slot.state is EndpointState.UP:
+                self._connect(slot).add_done_callback(_retrieve)  # top the warm set up again
         best: AsyncConn | None = None
         for c in conns:
             if c is not avoid and (best is None or len(c.pending) < len(best.pending)):
@@ -89,6 +99,18 @@ class Pools:
         except TimeoutError:
             raise call.timed_out() from None
         return conn if conn.usable and slot.state is EndpointState.UP else None
+
+    async def fill(self, slot: Slot) -> None:
+        """Open connections to ``slot`` until ``warm`` are usable (``AsyncClient.connect``);
+        a failed connect stops it (the endpoint is marked down)."""
+        pool = self._pools[slot.index]
+        for _ in range(2 * self._warm):
+            if self._closed or sum(c.usable for c in pool.conns) >= self._warm:
+                return
+            try:
+                await (pool.connecting or self._connect(slot))
+            except ConnectFailed:
+                return
 
     def _connect(self, slot: Slot) -> asyncio.Task[AsyncConn]:
         pool = self._pools[slot.index]

@@ -41,7 +41,11 @@ class Client:
     """A blocking tailguard client over one or more endpoints (see the module docstring).
 
     ``endpoints``: ``"host:port"``, ``"tcp://host:port"``, ``"unix:///path"`` (or a list).
-    ``pool_size``: idle connections kept per endpoint.  ``connect_timeout_s``: connect plus
+    ``pool_size``: idle connections kept per endpoint.  ``warm_connections``: connections per
+    endpoint ``connect`` opens and pools (``pool_size`` is raised to it): against a replica of
+    several workers behind one listener they spread over the workers, so a call whose
+    connection died with its worker is re-sent on a pooled one without a new connect.
+    ``connect_timeout_s``: connect plus
     handshake.  ``timeout_s``: the client timeout of calls that give neither ``timeout_s``
     nor ``budget_us`` (with a budget: budget + ``timeout_margin_s``).  ``max_retries``:
     re-sends per call.  ``hedge``: a ``HedgePolicy`` to hedge slow calls (None: off).
@@ -62,6 +66,7 @@ class Client:
         endpoints: str | Endpoint | Sequence[str | Endpoint],
         *,
         pool_size: int = 4,
+        warm_connections: int = 1,
         connect_timeout_s: float = 1.0,
         timeout_s: float = 1.0,
         timeout_margin_s: float = 0.02,
@@ -79,13 +84,17 @@ class Client:
         clock: Clock | None = None,
     ) -> None:
         self._core = core = Core(
-            endpoints, pool_size=pool_size, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
+            endpoints, pool_size=max(pool_size, warm_connections), connect_timeout_s=connect_timeout_s,
+            timeout_s=timeout_s,
             timeout_margin_s=timeout_margin_s, max_retries=max_retries, hedge=hedge, balance=balance,
             down_backoff_s=down_backoff_s, max_down_backoff_s=max_down_backoff_s, eject_after=eject_after,
             latency_decay_s=latency_decay_s, rng=rng, client_id=client_id, max_reply_frame=max_reply_frame,
             clock=clock,
         )
         self._now = core.now
+        if warm_connections < 1:
+            raise ValueError(f"warm_connections must be >= 1, got {warm_connections}")
+        self._warm = warm_connections
         self._pools = SyncPools(core, health_interval_s)
 
     # -- public API --------------------------------------------------------------------------
@@ -118,8 +127,9 @@ class Client:
                             (self._now() - call.start_ns) / 1e9)
 
     def connect(self) -> int:
-        """Open (or check) one pooled connection to every up endpoint now, so that the first
-        calls do not spend their budget connecting.  Returns how many endpoints answered;
+        """Open (or check) ``warm_connections`` pooled connections to every up endpoint now,
+        so that the first calls do not spend their budget connecting.  Returns how many
+        endpoints answered;
         the others are marked down.  Raises ``Unavailable`` when none did."""
         core = self._core
         reached = 0
@@ -127,15 +137,20 @@ class Client:
         for slot in core.health.slots:
             if slot.state is not _UP:
                 continue
-            call = Call(core, Request(0), core.connect_timeout_s, self._now())
-            try:
-                conn = self._pools.acquire(slot, call)
-            except ClientError as err:
-                errors.append(err)
-                continue
-            if conn is not None:
+            held: list[SyncConn] = []
+            for _ in range(self._warm):  # held at once: each acquire past the idle ones opens one
+                call = Call(core, Request(0), core.connect_timeout_s, self._now())
+                try:
+                    conn = self._pools.acquire(slot, call)
+                except ClientError as err:
+                    errors.append(err)
+                    break
+                if conn is None:
+                    break
+                held.append(conn)
+            for conn in held:
                 self.release(conn)
-                reached += 1
+            reached += bool(held)
         if not reached:
             raise Unavailable("no endpoint could be connected", errors=errors,
                               retry_after_s=core.health.next_due_s())

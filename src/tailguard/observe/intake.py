@@ -29,7 +29,7 @@ import numpy as np
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 from tailguard.observe.labels import PendingPredictions, key_of, row_keys
-from tailguard.observe.tap import DECISION, FEATURES, MONO, ROWS, DecisionTap, TapReader, singles
+from tailguard.observe.tap import DECISION, FEATURES, ROWS, DecisionTap, TapReader, decided_ns, singles
 
 __all__ = ["DecisionRing"]
 
@@ -115,13 +115,14 @@ class DecisionRing:
                 m = len(run)
                 joined = b"".join([e[FEATURES] for e in run])
                 feats = np.frombuffer(joined, dtype=np.float32).reshape(m, width)
-                self._put_run(feats, [e[DECISION] for e in run], [e[MONO] for e in run])
+                stamps = [decided_ns(e) for e in run] if self._stamp is not None else []
+                self._put_run(feats, [e[DECISION] for e in run], stamps)
                 p += m
             else:
                 e = run[0]
                 n = e[ROWS] or 1
                 rows = np.frombuffer(e[FEATURES], dtype=np.float32).reshape(n, width)
-                self._put(rows, e[DECISION], e[MONO])
+                self._put(rows, e[DECISION], decided_ns(e))
                 p += 1
         r.advance(head)
         return head - pos

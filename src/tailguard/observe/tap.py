@@ -5,20 +5,22 @@ latency recorder) would be an engine hook of its own and copy what it needs on t
 path.  A ``DecisionTap`` is the one engine hook for all of them: per decision it stores one
 tuple in a preallocated list — the decision, its feature rows and the write times of the
 stored rows behind them as two ``bytes`` (``ndarray.tobytes``: cheaper than a numpy row
-assignment, and invisible to the cyclic collector), its fill time, its wall-clock and
-monotonic times and its row count (0 for a single decision) — and moves one counter.
-Nothing is encoded, formatted or locked there.  One tuple in one list, rather than one list
-per field, matters on a call whose caches went cold between requests: every distinct cache
-line the hook touches costs ~0.1 µs there (measured: six lists +1.4 µs on a 7.3 µs call, one
-+1.0).  Readers turn runs of entries back into arrays with one ``np.frombuffer`` over the
-joined bytes.
+assignment, and invisible to the cyclic collector), its fill time and its row count (0 for a
+single decision) — and moves one counter.  Nothing is encoded, formatted or locked there, and
+no clock is read: the decision's time follows from its fill time and stage timings
+(``decided_ns``), its wall-clock time from the tap's ``wall_offset`` on the side path.  One
+tuple in one list, rather than one list per field, matters on a call whose caches went cold
+between requests: every distinct cache line the hook touches costs ~0.1 µs there (measured:
+six lists +1.4 µs on a 7.3 µs call, one +1.0).  Readers turn runs of entries back into
+arrays with one ``np.frombuffer`` over the joined bytes.
 
 Readers (``reader()``) each keep their own position and take entries on the side path; an
-entry stays until the slowest reader has passed it, then ``release`` lets it go in bulk (so
-the reply path never frees old objects in cold memory).  When the ring is full (the slowest
-reader is ``capacity`` entries behind) a decision is not kept: the tap counts it in
-``dropped`` and each reader learns how many it missed (``TapReader.missed``) — the audit log
-writes that gap into its chain.  The reply path never waits.
+entry stays until the slowest reader has passed it (and any reader's ``hold`` position), then
+``release`` lets it go in bulk (so the reply path never frees old objects in cold memory).
+When the ring is full (the slowest reader is ``capacity`` entries behind) a decision is not
+kept: the tap counts it in ``dropped`` and each reader learns how many it missed
+(``TapReader.missed``) — the audit log writes that gap into its chain.  The reply path never
+waits.
 
 Owner: the engine's thread (the hook, the readers and ``release``) — no locks.
 """
@@ -34,14 +36,24 @@ import numpy as np
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
 
-__all__ = ["DECISION", "FEATURES", "FILLED", "MONO", "ROWS", "WALL", "WRITTEN", "DecisionTap", "TapFeed",
-           "TapReader", "singles"]
+__all__ = ["DECISION", "FEATURES", "FILLED", "ROWS", "WRITTEN", "DecisionTap", "TapFeed", "TapReader",
+           "decided_ns", "singles"]
 
 #: Fields of an entry tuple: the decision, its feature rows (float32 bytes, ``width`` per row),
 #: the stored rows' write times (int64 bytes, ``n_views`` per row, ``NEVER``: unknown or never
-#: written), the fill time (engine clock), wall-clock ns, monotonic ns (engine clock), and the
-#: row count of a batch decision (0: a single decision).
-DECISION, FEATURES, WRITTEN, FILLED, WALL, MONO, ROWS = range(7)
+#: written), the fill time (engine clock) and the row count of a batch decision (0: a single
+#: decision).  No clock is read for an entry: when the decision was made follows from the fill
+#: time and its stage timings (``decided_ns``), its wall-clock time from that and the tap's
+#: ``wall_offset`` (two clock reads cost ~0.8 µs on a call whose caches went cold).
+DECISION, FEATURES, WRITTEN, FILLED, ROWS = range(5)
+
+
+def decided_ns(entry: tuple[Any, ...]) -> int:
+    """When the entry's decision was made (its reply formed), engine clock: the engine fills the
+    features at ``t1`` (``FILLED``) and stamps ``features``, ``inference`` and ``delivery`` from
+    there, so their sum lands on the decision's end (``t4``) exactly."""
+    t = entry[DECISION].timings_ns
+    return int(entry[FILLED] + t[1] + t[2] + t[3])
 
 _NONES: list[None] = [None] * 1024
 
@@ -85,7 +97,7 @@ class DecisionTap:
         # their buffers replaces them, even one that then fails validation.  (``_keep`` is the
         # same for another engine's decisions; inlined here, the reply path's case.)
         self.slots[h & self.mask] = (d, self.engine._wide_row.tobytes(), asm._written_row.tobytes(),
-                                     asm.filled_ns, self._wall(), self._mono(), 0)
+                                     asm.filled_ns, 0)
         self.head = h + 1
 
     def _keep(self, d: Decision, engine: Engine) -> None:
@@ -95,7 +107,7 @@ class DecisionTap:
             return
         asm = engine.assembler
         self.slots[h & self.mask] = (d, engine._wide_row.tobytes(), asm._written_row.tobytes(),
-                                     asm.filled_ns, self._wall(), self._mono(), 0)
+                                     asm.filled_ns, 0)
         self.head = h + 1
 
     def on_batch(self, d: BatchDecision) -> None:
@@ -110,8 +122,26 @@ class DecisionTap:
         n = len(d)
         feats, written = engine.last_features(n).tobytes(), engine.last_written_ns(n).tobytes()
         filled = engine.assembler.filled_ns
-        self.slots[h & self.mask] = (d, feats, written, filled, self._wall(), self._mono(), n)
+        self.slots[h & self.mask] = (d, feats, written, filled, n)
         self.head = h + 1
+
+    def wall_offset(self) -> int:
+        """Wall-clock ns minus the engine clock's ns, now: an entry's wall-clock time is
+        ``decided_ns(entry) + wall_offset()`` read on the side path within milliseconds of the
+        decision (NTP slews the wall clock by at most 0.5 ms a second: well inside 1 µs over a
+        side-path tick)."""
+        return self._wall() - self._mono()
+
+    def put(self, entry: tuple[Any, ...]) -> bool:
+        """Keep one entry made elsewhere (a side process rebuilding another process's tap from
+        the wire, ``tailguard.observe.sidechild``); False (counted in ``dropped``) when full."""
+        h = self.head
+        if h >= self._limit:
+            self.dropped += 1
+            return False
+        self.slots[h & self.mask] = entry
+        self.head = h + 1
+        return True
 
     def feed(self, engine: Engine) -> TapFeed:
         """A hook for another engine over the same store and assembler (a canary's, built by
@@ -135,7 +165,8 @@ class DecisionTap:
         """Free the entries every reader has passed (called by readers after they advance), in
         slice stores: a slot still holding its entry when the reply path overwrites it would
         free the entry's objects there, in memory long gone cold."""
-        low = min((r.position for r in self._readers), default=self.head)
+        low = min((r.position if r.hold is None else min(r.position, r.hold) for r in self._readers),
+                  default=self.head)
         self._limit = low + self.capacity - self.history
         low -= self.history
         start = max(self._freed, low - self.capacity)
@@ -191,6 +222,9 @@ class TapReader:
     def __init__(self, tap: DecisionTap) -> None:
         self.tap = tap
         self.position = tap.head
+        #: When set, entries from here on stay kept even once ``position`` passed them (a
+        #: reader that must be able to go back: the side process's export, until acknowledged).
+        self.hold: int | None = None
         self._dropped_seen = tap.dropped
 
     def pending(self) -> int:

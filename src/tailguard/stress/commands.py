@@ -2,11 +2,11 @@
 
     tailguard stress SCENARIO|all [--seconds S] [--rate R] [--json] [--out DIR] [--service DIR]
         [--keys K1,K2 --context JSON] [--mix critical=0.2,...] [--late-slack-ms MS]
-        [--kill-every S] [--slow-factor F] [--slow-floor-ms MS] [--delay-ms MS]
+        [--kill-every S] [--crash-every S] [--slow-factor F] [--slow-floor-ms MS] [--delay-ms MS]
         [--storm-rate R] [--max-frame BYTES]
     tailguard stress soak [--minutes N] [--fault-every S] [--json] [--out DIR] ...
 
-Scenarios: ``worker-kill``, ``redis-restart``, ``nats-restart``, ``slow-model``,
+Scenarios: ``worker-kill``, ``worker-crash``, ``redis-restart``, ``nats-restart``, ``slow-model``,
 ``raising-model``, ``slow-dependency``, ``disconnect-storm``, ``oversized-requests``
 (docs/stress.md).  Each writes ``report.md`` and ``report.json`` into ``--out`` (default
 ``runs/stress/<timestamp>/``); progress goes to stderr; with ``--json`` the last line of
@@ -30,8 +30,8 @@ from typing import Any
 
 __all__ = ["main", "register_stress"]
 
-_NAMES = ("worker-kill", "redis-restart", "nats-restart", "slow-model", "raising-model", "slow-dependency",
-          "disconnect-storm", "oversized-requests")
+_NAMES = ("worker-kill", "worker-crash", "redis-restart", "nats-restart", "slow-model", "raising-model",
+          "slow-dependency", "disconnect-storm", "oversized-requests")
 
 
 def register_stress(sub: Any) -> None:
@@ -56,6 +56,8 @@ def add_arguments(st: argparse.ArgumentParser) -> None:
     st.add_argument("--late-slack-ms", type=float, default=5.0,
                     help="client + loopback allowance added to a class budget before an answer is late")
     st.add_argument("--kill-every", type=float, default=10.0, help="worker-kill: seconds between kills")
+    st.add_argument("--crash-every", type=float, default=3.0,
+                    help="worker-crash: seconds between worker kills")
     st.add_argument("--slow-factor", type=float, default=10.0, help="slow-model: times slower")
     st.add_argument("--slow-floor-ms", type=float, default=1.0, help="slow-model: at least this much slower")
     st.add_argument("--delay-ms", type=float, default=100.0, help="slow-dependency: Redis reply delay")
@@ -93,6 +95,7 @@ def _config(args: argparse.Namespace) -> Any:
     from tailguard.stress.runner import StressConfig
 
     cfg = StressConfig(late_slack_ms=args.late_slack_ms, kill_every_s=args.kill_every,
+                       crash_every_s=args.crash_every,
                        slow_factor=args.slow_factor, slow_floor_ms=args.slow_floor_ms, delay_ms=args.delay_ms,
                        storm_rate_hz=args.storm_rate, max_frame=args.max_frame, mix=args.mix)
     if args.seconds is not None:

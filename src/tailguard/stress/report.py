@@ -3,8 +3,9 @@
 ``write_report(results, out_dir)`` writes both into ``out_dir`` (by default
 ``runs/stress/<UTC timestamp>/``); ``summary(results)`` is the one JSON object the command
 prints last with ``--json``: per scenario the issue's keys (``lost``, ``late``,
-``p99_ms_before``/``during``/``after``, ``p999_ms_*``, ``recovery_s``) plus ``passed`` and the
-failed checks.
+``p99_ms_before``/``during``/``after``, ``p999_ms_*``, ``recovery_s``), the scenario counts
+named in ``FAULT_KEYS`` where it has them (``worker-crash``: ``worker_restarts`` and the
+supervisor's restart latency), ``passed`` and the failed checks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ __all__ = ["default_out_dir", "markdown", "summary", "write_report"]
 
 KEYS = ("lost", "late", "sent", "shed", "degraded", "p99_ms_before", "p99_ms_during", "p99_ms_after",
         "p999_ms_before", "p999_ms_during", "p999_ms_after", "recovery_s")
+#: Scenario counts (``fault``) that ``summary`` carries too, when a scenario reports them.
+FAULT_KEYS = ("worker_restarts", "restart_s_median", "restart_s_max")
 _TABLE = ("sent", "lost", "shed", "late", "p99_ms_before", "p99_ms_during", "p99_ms_after", "p999_ms_before",
           "p999_ms_during", "p999_ms_after", "recovery_s")
 _WINDOW = ("sent", "lost", "shed", "late", "degraded", "retried", "p50_ms", "p99_ms", "p999_ms", "max_ms",
@@ -31,13 +34,14 @@ def default_out_dir(root: Path | None = None) -> Path:
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{scenario: {lost, late, p99_ms_before, ..., recovery_s, passed, failed}}``."""
+    """``{scenario: {lost, late, p99_ms_before, ..., recovery_s, [FAULT_KEYS], passed, failed}}``."""
     out: dict[str, Any] = {}
     for r in results:
         if "error" in r:
             out[r["scenario"]] = {"error": r["error"], "passed": False}
             continue
-        out[r["scenario"]] = {**{k: r.get(k) for k in KEYS}, "passed": r["passed"],
+        extra = {k: r["fault"][k] for k in FAULT_KEYS if k in r.get("fault", {})}
+        out[r["scenario"]] = {**{k: r.get(k) for k in KEYS}, **extra, "passed": r["passed"],
                               "failed": sorted(k for k, v in r["checks"].items() if not v)}
     return out
 

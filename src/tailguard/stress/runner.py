@@ -61,6 +61,7 @@ class StressConfig:
     bin_s: float = 0.1
     stable_s: float = 0.5
     kill_every_s: float = 10.0
+    crash_every_s: float = 3.0
     slow_factor: float = 10.0
     slow_floor_ms: float = 1.0
     delay_ms: float = 100.0
@@ -120,7 +121,8 @@ class Env:
         if scenario.max_frame:
             extra += ["--max-frame", str(self.config.max_frame)]
         for i in range(scenario.replicas):
-            r = Replica(self.service_dir, self.workdir / f"replica{i}", tuple(extra))
+            r = Replica(self.service_dir, self.workdir / f"replica{i}", tuple(extra),
+                        workers=scenario.workers)
             self.replicas.append(r)
             r.start()
 
@@ -169,8 +171,11 @@ def _window_peaks(env: Env, bounds: list[tuple[str, int, int]]) -> dict[str, Any
 async def _measure(scenario: Scenario, env: Env) -> dict[str, Any]:
     cfg = env.config
     classes = class_plans(env.service_dir, cfg.mix or env.target.mix)
+    # Against multi-worker replicas, warm connections spread over the workers: a request on
+    # a connection that died with its worker is re-sent at once on another (docs/deploy.md).
     client = AsyncClient([r.address for r in env.replicas], timeout_s=cfg.timeout_s, max_retries=3,
                          down_backoff_s=0.05, max_down_backoff_s=0.5, health_interval_s=0.1,
+                         warm_connections=2 * scenario.workers if scenario.workers > 1 else 1,
                          client_id="stress")
     await client.connect()
     plan = LoadPlan(cfg.rate_hz, cfg.seconds, env.target.keys, env.target.context, classes,

@@ -35,6 +35,8 @@ class Scenario:
     nats = False
     proxy = False
     replicas = 1
+    #: Worker processes per replica (``tailguard serve --workers``).
+    workers = 1
     max_frame = False
     #: (start, length) of the fault as fractions of the run; None: the config's.
     fault_window: tuple[float, float] | None = None
@@ -309,8 +311,15 @@ def _nats_restart() -> Scenario:
     return NatsRestart()
 
 
+def _worker_crash() -> Scenario:
+    from tailguard.stress.workercrash import WorkerCrash
+
+    return WorkerCrash()
+
+
 SCENARIOS: dict[str, Any] = {
     "worker-kill": WorkerKill,
+    "worker-crash": _worker_crash,
     "redis-restart": RedisRestart,
     "nats-restart": _nats_restart,
     "slow-model": SlowModel,
