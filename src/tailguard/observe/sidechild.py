@@ -172,11 +172,12 @@ class _Child:
             # serving process, and the kernel tends to run the woken reader on the writer's
             # core (wake-affine), right where the next decision is about to run.
             time.sleep(POLL_S)
-            while inbox.read() and not inbox.eof:
+            while True:  # until the pipe is empty (or closed: ``eof``)
+                got = inbox.read()
                 for f in inbox.frames():
                     self.apply(dec.decode(f))
-            for f in inbox.frames():
-                self.apply(dec.decode(f))
+                if not got:
+                    break
             self.svc.run_side_path()
             now = clock()
             if now - last >= self.interval_ns:
@@ -210,11 +211,9 @@ def _last_stamps(audit: Any) -> set[tuple[int, bytes]]:
 def os_blocking_flush(out: Outbox, timeout_s: float = 5.0) -> None:
     """Write what ``out`` still holds, waiting for the reader up to ``timeout_s``."""
     end = time.monotonic() + timeout_s
-    try:
+    with contextlib.suppress(BrokenPipeError):  # the serving process is gone: nobody to tell
         while not out.flush() and time.monotonic() < end:
             select.select([], [out.fd], [], 0.05)
-    except BrokenPipeError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

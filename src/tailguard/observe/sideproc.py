@@ -149,7 +149,7 @@ class SideProcess:
         while not self.ready:
             assert self._in is not None and self._proc is not None
             select.select([self._in.fd], [], [], 0.05)
-            self._read_status(starting=True)
+            self._read_status()
             if self.ready:
                 break
             if self._proc.poll() is not None or self._in.eof or time.monotonic() > end:
@@ -232,7 +232,7 @@ class SideProcess:
         t = now()
         if t >= self._status_at:
             self._status_at = t + STATUS_NS
-            self._read_status(starting=False)
+            self._read_status()
         out, r = self._out, self._reader
         assert out is not None
         try:
@@ -278,15 +278,12 @@ class SideProcess:
         known.update(fresh)
         return fresh
 
-    def _read_status(self, *, starting: bool) -> None:
+    def _read_status(self) -> None:
         inbox = self._in
         if inbox is None:
             return
-        got = False
-        while inbox.read() and not inbox.eof:
-            got = True
-        if not got and not inbox.eof and not starting:
-            return
+        while inbox.read():
+            pass
         for f in inbox.frames():
             msg = self._dec.decode(f)
             if msg.get("ready"):
@@ -337,7 +334,7 @@ class SideProcess:
                 proc.kill()
                 proc.wait()
         if inbox is not None:
-            self._read_status(starting=True)
+            self._read_status()
             os.close(inbox.fd)
             self._in = None
         if self.latest.get("ack") is not None:
