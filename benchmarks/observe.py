@@ -8,13 +8,18 @@ when the example's own are missing or stale):
    switched per series at the start of each block (``Config``): ``off`` (no hook, no side
    task) and ``on`` (the latency recorder hook, one ``DecisionTap`` read by an ``AuditLog``
    with the default 50 ms batched fsync and the ``DriftMonitor`` of its ``[drift]`` section,
-   and a ``DashboardSampler``, plus a Prometheus ``render`` every ``--scrape-s`` as a scrape
-   would), and ``side``: as ``on`` with the audit log and the drift monitor in a side process
+   and a ``DashboardSampler``, plus a Prometheus rendering every ``--scrape-s``, in steps
+   between requests as the server answers a scrape), and ``side``: as ``on`` with the audit
+   log and the drift monitor in a side process
    (``tailguard.observe.sideproc``; ``side_process_*_overhead_ratio``).  One instance, not
    copies: copies differ in memory layout, which moves a cold call's p50 by a few µs between
    them.  Each series runs
    ``engine.predict(symbol, quote, priority="critical")`` at a fixed rate (``--rate``), in
-   interleaved blocks (order rotated per round); its side path runs as the server runs it:
+   short interleaved blocks (``--block-s`` 0.1 s, 200 rounds, order rotated per round: this
+   VM's speed drifts over seconds); ``off2``, a second all-off series, is the A/A control
+   (``aa_p50_ratio``, ``aa_p99_ratio``: how far the method alone moves a ratio).  Each series'
+   time-based side work (timer, scrapes, dashboard interval, drift windows) runs on its own
+   ``SeriesClock``, which stands still while other series run; its side path runs as the server runs it:
    a slice of ``run_side_path(--side-slice-us)`` right after a reply once 32 decisions wait
    (``Service.side_backlog``), and on the 10 ms timer ``run_side_path(50 us)`` when no slice
    ran in the last 50 ms, always with the server's side-path GC (``SidePathGC``); a request
@@ -73,6 +78,7 @@ SIDE_INTERVAL_NS = 10_000_000  # the server's side-path timer (ServeConfig.side_
 SIDE_BUDGET_S = 50e-6  # and its budget per tick (ServeConfig.side_path_budget_s)
 SLICE_MIN_BACKLOG = 32  # default --slice-backlog: ServeConfig.side_slice_backlog
 SLICE_RECENT_NS = 50_000_000  # the timer skips side-path work when a slice ran this recently
+SCRAPE_STEP_NS = 200_000  # a /metrics rendering's step (serve.metrics.Scrapes.step_ns)
 TICKS_PER_BLOCK = 16  # applied between blocks, as a live feed would (keeps features fresh)
 TARGETS = (
     # (name, limit, "<=" or ">=", description)
@@ -117,7 +123,35 @@ def service_copies(workdir: Path) -> tuple[Path, Path]:
 
 # -- 1. in process -----------------------------------------------------------------------------------
 #: The in-process series: ``off`` and ``on`` (the figures of the targets), then each side path alone.
-SERIES = ("off", "on", "side", "metrics", "audit", "drift", "dashboard")
+#: ``off2`` is a second ``off`` (an A/A control): its ratio to ``off`` is the method's noise floor.
+SERIES = ("off", "on", "off2", "side", "metrics", "audit", "drift", "dashboard")
+
+
+class SeriesClock:
+    """A series' own time: the real clock less the time the other series' blocks ran.  The
+    series interleave in short blocks, so on the real clock a series' time-based side work
+    (the dashboard's sampling interval, drift windows closed by time, scrapes, the timer)
+    would come once per interval of *everyone's* time, as many times more often per request
+    as there are series.  ``resume`` at a block's start returns how long the series was paused."""
+
+    def __init__(self) -> None:
+        self.paused_ns = 0
+        self._stopped: int | None = None
+
+    def now_ns(self) -> int:
+        return time.perf_counter_ns() - self.paused_ns
+
+    def wall_ns(self) -> int:
+        return time.time_ns()
+
+    def pause(self) -> None:
+        self._stopped = time.perf_counter_ns()
+
+    def resume(self) -> int:
+        gap = 0 if self._stopped is None else time.perf_counter_ns() - self._stopped
+        self.paused_ns += gap
+        self._stopped = None
+        return gap
 
 
 class Side:
@@ -141,6 +175,8 @@ class Side:
         self.scrape_ns = scrape_ns
         self.scrape_due = self.due + scrape_ns if scrape_ns else 0
         self.ticks = self.scrapes = self.items = 0
+        self.rendering: Any = None
+        self.scrape_step_max_ns = 0
         self.tick_ns = np.zeros(max_ticks, dtype=np.int64)
 
     def tick(self, now: int) -> None:
@@ -149,17 +185,33 @@ class Side:
         if not self.slice_s or now - self.last_slice_ns >= SLICE_RECENT_NS:
             self.items += self.svc.run_side_path(SIDE_BUDGET_S)
         self.gc_tick()
-        if self.scrape_due and now >= self.scrape_due:
-            from tailguard.observe.prometheus import render
+        if self.scrape_due and now >= self.scrape_due and self.rendering is None:
+            from tailguard.observe.prometheus import Rendering, ServiceCollector
 
-            render(self.svc)
-            self.scrapes += 1
+            # As the server answers /metrics: in steps between requests (serve.metrics.Scrapes)
+            self.rendering = Rendering(ServiceCollector(self.svc))
             self.scrape_due = now + self.scrape_ns
         t1 = time.perf_counter_ns()
         if self.ticks < len(self.tick_ns):
             self.tick_ns[self.ticks] = t1 - now
         self.ticks += 1
         self.due = max(self.due + SIDE_INTERVAL_NS, t1)
+
+    def scrape_step(self) -> None:
+        """One step of the scrape under way (``SCRAPE_STEP_NS``, the server's)."""
+        t0 = time.perf_counter_ns()
+        if self.rendering.step(SCRAPE_STEP_NS) is not None:
+            self.rendering = None
+            self.scrapes += 1
+        self.scrape_step_max_ns = max(self.scrape_step_max_ns, time.perf_counter_ns() - t0)
+
+    def shift(self, gap_ns: int) -> None:
+        """The series was paused ``gap_ns``: its timers move on by as much."""
+        self.due += gap_ns
+        if self.scrape_due:
+            self.scrape_due += gap_ns
+        if self.last_slice_ns:
+            self.last_slice_ns += gap_ns
 
     def after_reply(self) -> None:
         """The idle-time slice that may follow a reply: run when the side path's backlog
@@ -176,10 +228,21 @@ class Side:
 def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np.ndarray,
               lat: np.ndarray, svc_ns: np.ndarray, pos: int) -> int:
     """``len(offsets)`` requests at their intended times (from now + 1 ms); latency from the
-    intended time, service time of the call alone.  Returns decisions not from the primary."""
-    pc = time.perf_counter_ns
+    intended time, service time of the call alone.  Returns decisions not from the primary.
+    The series' timers stand still between its blocks (``SeriesClock``)."""
     if side.config is not None:
         side.config.activate(side.svc)
+        side.shift(side.config.clock.resume())
+    try:
+        return _requests(side, calls, offsets, lat, svc_ns, pos)
+    finally:
+        if side.config is not None:
+            side.config.clock.pause()
+
+
+def _requests(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np.ndarray,
+              lat: np.ndarray, svc_ns: np.ndarray, pos: int) -> int:
+    pc = time.perf_counter_ns
     predict = side.svc.engine.predict
     base = pc() + 1_000_000
     odd = 0
@@ -193,6 +256,8 @@ def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np
                 continue
             if now >= t:
                 break
+            if side.rendering is not None:  # a scrape's next step; a request due meanwhile waits
+                side.scrape_step()
         t0 = pc()
         d = predict(key, ctx, priority="critical")
         t1 = pc()
@@ -217,8 +282,10 @@ class Config:
     """One series' side paths on the shared service: its engine hooks, side tasks, decision tap
     and latency recorder, installed by ``activate`` at the start of each of its blocks."""
 
-    def __init__(self, hooks: list[Any], tasks: dict[str, Any], tap: Any, latency: Any) -> None:
+    def __init__(self, hooks: list[Any], tasks: dict[str, Any], tap: Any, latency: Any,
+                 clock: SeriesClock) -> None:
         self.hooks, self.tasks, self.tap, self.latency = hooks, tasks, tap, latency
+        self.clock = clock
 
     def activate(self, svc: Any) -> None:
         svc.engine.set_hooks(self.hooks)
@@ -243,6 +310,7 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
     latency = svc.latency
     configs: dict[str, Config] = {}
     for name in names:
+        clock = SeriesClock()
         on = name == "on"
         with_latency = on or name == "metrics"
         tapped = on or name in ("audit", "drift", "side")
@@ -257,10 +325,10 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
             key = new_key(workdir / f"{name}.key")
             tasks["audit"] = AuditLog.for_service(svc, workdir / f"audit-{name}", key, tap=tap)
         if on or name == "drift":
-            tasks["drift"] = DriftMonitor.from_spec(svc)
+            tasks["drift"] = DriftMonitor.from_spec(svc, clock=clock)
             tasks["drift"].bind_tap(tap)
         if on or name == "dashboard":
-            tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300)
+            tasks["dashboard"] = DashboardSampler(svc, interval_s=1.0, capacity=300, clock=clock)
         if name == "side":  # as ``on``, the audit log and drift monitor in a side process
             from tailguard.observe.sideproc import AuditConfig, RemoteDrift, SideProcess
 
@@ -271,9 +339,9 @@ def build_configs(names: list[str], drift: Path, workdir: Path) -> tuple[Any, di
             sp = SideProcess(svc, audit=AuditConfig(str(workdir / "audit-side"), str(workdir / "side.key")),
                              drift=True).start()
             tasks = {"side": sp, "drift": RemoteDrift(sp),
-                     "dashboard": DashboardSampler(svc, interval_s=1.0, capacity=300)}
+                     "dashboard": DashboardSampler(svc, interval_s=1.0, capacity=300, clock=clock)}
         hooks = [h for h in (latency if name == "metrics" else None, tap) if h is not None]
-        configs[name] = Config(hooks, tasks, tap, rec if with_latency else None)
+        configs[name] = Config(hooks, tasks, tap, rec if with_latency else None, clock)
     return svc, configs
 
 
@@ -300,7 +368,7 @@ def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
 def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path) -> dict[str, Any]:
     from tailguard.serve.app import SidePathGC
 
-    names = list(SERIES if not args.no_breakdown else SERIES[:3])
+    names = list(SERIES if not args.no_breakdown else SERIES[:4])
     svc, configs = build_configs(names, drift, workdir)
     services = [svc]
     feed = Feed(args.seed)
@@ -349,7 +417,9 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
                      for k, s in sides.items() if s.slices},
         "side_slice_us": args.side_slice_us,
         "not_primary_or_flagged": odd,
-        "side_ticks": {k: s.ticks for k, s in sides.items()}, "scrapes": sides["on"].scrapes,
+        "side_ticks": {k: s.ticks for k, s in sides.items()},
+        "scrapes": sum(s.scrapes for s in sides.values()),
+        "scrape_step_max_us": round(max(s.scrape_step_max_ns for s in sides.values()) / 1e3, 1),
         "tasks": {name: task_stats(c.tasks) for name, c in configs.items() if c.tasks},
         "latency_recorder_dropped": {name: c.latency.dropped for name, c in configs.items()
                                      if c.latency is not None},
@@ -498,6 +568,10 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "replay_1m_s": ar["replay_1m_s"],
         "service_p50_overhead_ratio": _ratio(svc["on"]["p50"], svc["off"]["p50"]),
         "service_p99_overhead_ratio": _ratio(svc["on"]["p99"], svc["off"]["p99"]),
+        # the A/A control: two identical series with every side path off; how far this is from
+        # 1.0 is how far the method itself can move a ratio
+        "aa_p50_ratio": _ratio(lat["off2"]["p50"], lat["off"]["p50"]),
+        "aa_p99_ratio": _ratio(lat["off2"]["p99"], lat["off"]["p99"]),
     }
     if "side" in lat:  # everything on, audit and drift in a side process (tailguard.observe.sideproc)
         out["side_process_p50_overhead_ratio"] = _ratio(lat["side"]["p50"], lat["off"]["p50"])
@@ -515,7 +589,7 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                             for k, v in ip.get("slice_us", {}).items()}
     out["side_slice_budget_us"] = ip.get("side_slice_us", 0)
     out["inproc"] = {k: ip[k] for k in ("rate", "requests_per_series", "not_primary_or_flagged", "side_ticks",
-                                        "scrapes", "tasks", "latency_recorder_dropped")}
+                                        "scrapes", "scrape_step_max_us", "tasks", "latency_recorder_dropped")}
     out["audit"] = {k: v for k, v in ar.items() if k != "replay_profile"}
     srv = res.get("server")
     if srv is not None:
@@ -552,21 +626,23 @@ def report(s: dict[str, Any], res: dict[str, Any], stream: Any) -> None:
         p(f"  {name:<10}{cells}"
           f" |{s[f'inproc_{name}_service_p50_us']:>9.2f}{s[f'inproc_{name}_service_p99_us']:>8.1f}"
           f"{s[f'inproc_{name}_service_p999_us']:>8.1f} |{tk['p50']:>9.1f}{tk['p99']:>8.1f}{tk['max']:>8.1f}")
+    p(f"  A/A control (off2/off, both with every side path off): p50 {s['aa_p50_ratio']}, "
+      f"p99 {s['aa_p99_ratio']}")
     p(f"  on/off: p50 {s['p50_overhead_ratio']}, p99 {s['p99_overhead_ratio']}, "
       f"p99.9 {s['p999_overhead_ratio']}; the call alone: p50 {s['service_p50_overhead_ratio']}, "
       f"p99 {s['service_p99_overhead_ratio']}")
     if "side_process_p50_overhead_ratio" in s:
         p(f"  side/off (audit and drift in a side process): p50 {s['side_process_p50_overhead_ratio']}, "
           f"p99 {s['side_process_p99_overhead_ratio']}")
-    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on", "side")]
+    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on", "off2", "side")]
     if alone:
         p("  each alone: " + ", ".join(f"{n} +{s[f'{n}_service_p50_added_us']} us call p50, "
                                        f"p99 x{s[f'{n}_p99_ratio']}" for n in alone))
     for name, sl in s["side_slice_us"].items():
         p(f"  {name}: slices after replies ({s['side_slice_budget_us']:g} us budget) p50 {sl['p50']} us, "
           f"p99 {sl['p99']} us, max {sl['max']} us")
-    p(f"  side ticks {ip['side_ticks']}, scrapes {ip['scrapes']}, "
-      f"non-primary/flagged {ip['not_primary_or_flagged']}")
+    p(f"  side ticks {ip['side_ticks']}, scrapes {ip['scrapes']} (longest step "
+      f"{ip['scrape_step_max_us']} us), non-primary/flagged {ip['not_primary_or_flagged']}")
     for name, st in ip["tasks"].items():
         p(f"  {name}: {st}")
     dropped = [n for n, st in ip["tasks"].items()
@@ -619,8 +695,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short phases and 100k audit records: a smoke run")
     ap.add_argument("--rate", type=float, default=2000.0, help="in-process requests per second per series")
-    ap.add_argument("--block-s", type=float, default=0.5, help="seconds per in-process block")
-    ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 40, quick 8)")
+    ap.add_argument("--block-s", type=float, default=0.1,
+                    help="seconds per in-process block (short blocks, many rounds: this VM's speed drifts "
+                         "over seconds, which longer blocks turn into differences between series)")
+    ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 200, quick 40)")
     ap.add_argument("--no-breakdown", action="store_true", help="in process: only off and on, not each alone")
     ap.add_argument("--side-slice-us", type=float, default=100.0,
                     help="in process: side-path slice budget after replies, as the server runs it "
@@ -639,7 +717,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="tables to stderr, one JSON object on stdout")
     args = ap.parse_args()
-    args.rounds = args.rounds or (8 if args.quick else 40)
+    args.rounds = args.rounds or (40 if args.quick else 200)
     args.records = args.records or (100_000 if args.quick else 1_000_000)
     args.server_rounds = args.server_rounds or (4 if args.quick else 10)
     res = measure(args)

@@ -209,3 +209,22 @@ def test_outcomes_code_index_is_stable() -> None:
     assert [out.code_index(c) for c in ("timeout", "expired", "timeout")] == [1, 2, 1]
     out.error[:] = [0, 1, 2]
     assert out.error_counts() == {"timeout": 1, "expired": 1}
+
+
+def test_budgets_replace_the_named_classes_budgets_in_a_service_copy(tmp_path: Path) -> None:
+    from tailguard.spec import load_spec
+    from tailguard.stress.problems import StressError
+    from tailguard.stress.target import Target, service_copy
+
+    src = Path(__file__).resolve().parents[2] / "examples" / "trading"
+    target = Target(src, ["AAPL"], None, "instrument")
+    before = {p.name: float(p.budget) for p in load_spec(src).priorities}
+    copy = service_copy(target, tmp_path / "svc", online=False, budgets="critical=10ms, bulk=150ms")
+    after = {p.name: float(p.budget) for p in load_spec(copy).priorities}
+    assert after == {**before, "critical": 0.010, "bulk": 0.150}
+    with pytest.raises(StressError, match="does not declare"):
+        service_copy(target, tmp_path / "svc2", online=False, budgets="urgent=1ms")
+    with pytest.raises(StressError, match="name=duration"):
+        service_copy(target, tmp_path / "svc3", online=False, budgets="critical")
+    with pytest.raises(StressError, match="--budgets"):
+        service_copy(target, tmp_path / "svc4", online=False, budgets="critical=soon")

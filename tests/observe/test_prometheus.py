@@ -309,3 +309,106 @@ def test_without_a_shared_store_only_the_model_breakers_are_exported(service: Se
     fams = text_string_to_metric_families(render(service).decode())
     names = {s.labels["breaker"] for f in fams for s in f.samples if s.name == "tailguard_breaker_state"}
     assert names == {"model:primary", "model:fast"}
+
+
+class Families:
+    """A collector of fixed families (a counter, gauges, a histogram), or one that fails at ``fail_at``."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        for i in range(4):
+            if i == self.fail_at:
+                raise RuntimeError("collector broke")
+            g = GaugeMetricFamily(f"t_gauge_{i}", "a gauge", labels=["k"])
+            g.add_metric([f"v{i}"], float(i))
+            yield g
+        c = CounterMetricFamily("t_count", "a counter", labels=["k"])
+        c.add_metric(["x"], 7.0)
+        yield c
+        h = HistogramMetricFamily("t_seconds", "a histogram", labels=["k"])
+        for k in range(30):  # 150 samples: formatted in pieces of 40
+            h.add_metric([f"x{k}"], [("0.001", 1.0), ("0.01", 3.0 + k), ("+Inf", 4.0 + k)], 0.02 * k)
+        yield h
+        c2 = CounterMetricFamily("t_after", "a counter after the large family", labels=["k"])
+        c2.add_metric(["y"], 1.0)
+        yield c2
+
+
+def test_a_rendering_in_steps_is_the_rendering_at_once() -> None:
+    from tailguard.observe.prometheus import Rendering, render_collector
+
+    r = Rendering(Families())
+    # budget 0: one piece a step: four gauges, a counter, the histogram's 150 samples in four
+    # pieces, a counter, then the end
+    outs = [r.step(0) for _ in range(11)]
+    assert outs[:10] == [None] * 10 and r.steps == 11
+    whole = render_collector(Families())
+    assert outs[10] == whole
+    assert whole.count(b"# TYPE t_seconds histogram") == 1 and whole.count(b"t_seconds_bucket{") == 90
+    r2 = Rendering(Families())
+    assert r2.step(10**12) == render_collector(Families()) and r2.steps == 1 and r2.max_step_ns > 0
+
+
+def fake_exchange() -> object:
+    class Ex:
+        def __init__(self) -> None:
+            self.code, self.body, self.content_type, self.flushed = 0, b"", b"", 0
+
+        def answer(self, code: int, body: bytes, extra: bytes = b"", content_type: bytes = b"") -> None:
+            if self.code == 0:
+                self.code, self.body, self.content_type = code, body, content_type
+
+        def flush(self) -> None:
+            self.flushed += 1
+
+    return Ex()
+
+
+def test_a_scrape_runs_one_step_per_loop_turn_and_answers_every_scrape_waiting(toy_dir: Path) -> None:
+    from tailguard import load_service
+    from tailguard.serve.app import App, ServeConfig, State
+
+    loop = asyncio.new_event_loop()
+    app = App(load_service(toy_dir, freeze_gc=False), ServeConfig(calibrate=False), loop)
+    app.state = State.READY
+    app.scrapes.step_ns = 0  # one family a step
+
+    def turn() -> None:  # one turn of the loop: what is ready runs, then it stops (asyncio's stop())
+        loop.stop()
+        loop.run_forever()
+
+    try:
+        first, second = fake_exchange(), fake_exchange()
+        app.scrapes.request(first)
+        assert first.code == 0  # type: ignore[attr-defined]
+        turn()
+        rendering = app.scrapes.rendering
+        assert rendering is not None and rendering.steps == 1  # the loop got control back after one family
+        app.scrapes.request(second)  # joins the rendering under way
+        turns = 1
+        while first.code == 0 and turns < 1000:  # type: ignore[attr-defined]
+            turn()
+            turns += 1
+        assert turns > 10 and app.scrapes.renderings == 1
+        for ex in (first, second):
+            assert ex.code == 200 and ex.flushed == 1  # type: ignore[attr-defined]
+            assert ex.content_type.startswith(b"text/plain")  # type: ignore[attr-defined]
+        names = {f.name for f in text_string_to_metric_families(first.body.decode())}  # type: ignore[attr-defined]
+        assert {"tailguard_info", "tailguard_state", "tailguard_server_latency_seconds"} <= names
+        assert second.body == first.body  # type: ignore[attr-defined]
+        assert app.scrapes.max_step_ns > 0
+
+        app.metrics_registry = Families(fail_at=2)  # a collector that breaks mid-way
+        broken = fake_exchange()
+        app.scrapes.request(broken)
+        for _ in range(10):
+            turn()
+        assert broken.code == 500 and b"collector broke" in broken.body  # type: ignore[attr-defined]
+        assert app.scrapes.rendering is None  # the next scrape starts afresh
+    finally:
+        app.stop()
+        loop.close()

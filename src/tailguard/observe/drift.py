@@ -103,10 +103,11 @@ class DriftMonitor(DecisionRing):
 
     @classmethod
     def from_spec(cls, service: Service, spec: DriftSpec | None = None, *,
-                  sinks: Sequence[AlertSink] | None = None) -> DriftMonitor:
+                  sinks: Sequence[AlertSink] | None = None, clock: Clock | None = None) -> DriftMonitor:
         """A monitor for a loaded service from its ``[drift]`` section (or ``spec``): loads the
         reference (path relative to the service directory), checks it against the live feature
-        view versions, builds the declared sinks.  Attach it with ``service.attach(...)``."""
+        view versions, builds the declared sinks.  Attach it with ``service.attach(...)``.
+        ``clock`` (default: the engine's) times the windows' ``window_interval``."""
         from tailguard.observe.sinks import build_sinks
 
         spec = spec or service.spec.drift
@@ -117,7 +118,7 @@ class DriftMonitor(DecisionRing):
         if stale:
             raise DriftReferenceError(f"the drift reference was built on other feature view versions "
                                       f"{stale} (pinned, live): rebuild it with `tailguard drift reference`")
-        return cls(ref, spec, engine=service.engine, service=service.spec.name,
+        return cls(ref, spec, engine=service.engine, service=service.spec.name, clock=clock,
                    sinks=build_sinks(spec.sinks, service.spec.name) if sinks is None else sinks)
 
     # -- labels (any thread) ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ pressure, never the reply.
 from __future__ import annotations
 
 import time
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -226,8 +227,10 @@ class LatencyRecorder:
                 break
             run = r.run(most)
             one = [e[DECISION].timings_ns for e in run if not e[ROWS]]
-            if one and all(len(t) == w for t in one):
-                self.one.record_array(np.array(one, dtype=np.int64))
+            if one and set(map(len, one)) == {w}:
+                # fromiter over the chained tuples: half the time of np.array(list of tuples)
+                flat = np.fromiter(chain.from_iterable(one), dtype=np.int64, count=len(one) * w)
+                self.one.record_array(flat.reshape(len(one), w))
             elif one:
                 self.one.record_many([_fit(t, w) for t in one])
             many = [e[DECISION].timings_ns for e in run if e[ROWS]]

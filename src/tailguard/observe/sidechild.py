@@ -59,6 +59,7 @@ from tailguard.observe.tap import DECISION, ROWS, decided_ns
 __all__ = ["POLL_S", "main"]
 
 POLL_S = 0.002
+FULL_STATUS_NS = 1_000_000_000  # drift scores and statistics go back at most once a second
 
 
 class _Child:
@@ -107,7 +108,9 @@ class _Child:
     def send(self, msg: dict[str, Any]) -> None:
         self.out.put(frame(self.enc.encode(msg)))
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, full: bool = True) -> dict[str, Any]:
+        """The counters and ``ack``; with ``full``, the drift scores and statistics too (the
+        serving side decodes what it is sent: the large part goes once a second)."""
         msg: dict[str, Any] = {"received": self.received, "duplicates": self.duplicates}
         if self.audit is not None:
             a = self.audit
@@ -116,7 +119,7 @@ class _Child:
                             "pending": a.pending}
         else:
             msg["ack"] = self.tap.head + self.offset
-        if self.drift is not None:
+        if self.drift is not None and full:
             msg["drift_scores"] = self.drift.drift_scores()
             msg["drift"] = self.drift.statistics()
         return msg
@@ -165,7 +168,7 @@ class _Child:
     def run(self, data_fd: int) -> None:
         inbox = Inbox(data_fd)
         dec = decoder()
-        last = 0
+        last = last_full = 0
         clock = time.monotonic_ns
         while not inbox.eof:
             # A timed nap, not a wait on the pipe: a wait would be woken by every write of the
@@ -183,7 +186,9 @@ class _Child:
             if now - last >= self.interval_ns:
                 self.out.flush()
                 if not len(self.out):  # the previous status went out: no pile-up behind a slow reader
-                    self.send(self.status())
+                    full = now - last_full >= FULL_STATUS_NS
+                    self.send(self.status(full=full))
+                    last_full = last_full if not full else now
                 last = now
         self.svc.close()
         self.out.put(frame(self.enc.encode({**self.status(), "closed": True})))

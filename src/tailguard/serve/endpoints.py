@@ -185,14 +185,11 @@ class Endpoints:
         self.dispatcher.submit(req, arrival_ns, ex)
 
     def _metrics(self, ex: Exchange) -> None:
+        """Answered in steps between requests (``serve.metrics.Scrapes``), not at once."""
         try:
-            from tailguard.serve.metrics import render
-
-            body, content_type = render(self.app)
+            self.app.scrapes.request(ex)
         except ImportError as exc:
             ex.answer(501, error_body("not_implemented", f"/metrics is not available: {exc}"))
-            return
-        ex.answer(200, body, content_type=content_type.encode("latin-1"))
 
     def _dashboard(self, ex: Exchange, r: Route, url: bytes) -> None:
         """The page, or the sampler's points (published on the side path: nothing to compute)."""

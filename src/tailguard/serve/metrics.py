@@ -16,10 +16,13 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from tailguard.serve.oip import error_body
+
 if TYPE_CHECKING:
     from tailguard.serve.app import App
+    from tailguard.serve.exchange import Exchange
 
-__all__ = ["render"]
+__all__ = ["Scrapes", "render"]
 
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,7 +76,7 @@ def _server_latency(app: App, worker: str) -> Any:
     histograms (the dispatcher's recorders, drained here and on the side path)."""
     from prometheus_client.core import HistogramMetricFamily
 
-    from tailguard.observe.prometheus import histogram_buckets
+    from tailguard.observe.prometheus import all_histogram_buckets
 
     fam = HistogramMetricFamily("tailguard_server_latency_seconds",
                                 "Per decision, by class: queued, engine stages and server total.",
@@ -81,8 +84,7 @@ def _server_latency(app: App, worker: str) -> Any:
     d = app.dispatcher
     for cls, rec in zip(d.class_names, d.latency, strict=True):
         rec.drain()
-        for i, stage in enumerate(rec.stages):
-            buckets, total = histogram_buckets(rec.one, i)
+        for stage, (buckets, total) in zip(rec.stages, all_histogram_buckets(rec.one), strict=False):
             fam.add_metric([cls, stage, worker], buckets, total)
     return fam
 
@@ -159,16 +161,73 @@ def _scheduler_families(s: dict[str, Any], worker: str) -> Iterator[Any]:
             yield c
 
 
-def render(app: App) -> tuple[bytes, str]:
-    """The Prometheus exposition of ``app`` (body, content type)."""
+def _app_collector(app: App) -> Any:
     try:
-        from prometheus_client import CollectorRegistry, generate_latest
+        import prometheus_client  # noqa: F401
     except ImportError as exc:
         raise ImportError("/metrics needs prometheus-client: pip install 'tailguard[serve]'") from exc
+    if app.metrics_registry is None:
+        app.metrics_registry = _collector(app)
+    return app.metrics_registry
 
-    registry = app.metrics_registry
-    if registry is None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_collector(app))
-        app.metrics_registry = registry
-    return generate_latest(registry), _CONTENT_TYPE
+
+def render(app: App) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``app`` at once (body, content type): startup warm-up and
+    tests; a scrape is answered in steps (``Scrapes``)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(_app_collector(app)), _CONTENT_TYPE
+
+
+class Scrapes:
+    """``/metrics`` answered in steps on the event loop (``observe.prometheus.Rendering``):
+    each step formats families for at most ``step_ns`` (one family at least), then gives the
+    loop back, so requests that arrived meanwhile are read and answered between steps instead
+    of waiting 2-3 ms behind one rendering.  Scrapes that arrive while a rendering runs get its
+    text too.  A failing collector answers every waiting scrape 500 (``internal``)."""
+
+    def __init__(self, app: App, step_ns: int = 200_000) -> None:
+        self.app = app
+        self.step_ns = step_ns
+        self.waiting: list[Exchange] = []
+        self.rendering: Any = None
+        self.renderings = 0
+        #: The longest step of any rendering, ns: what a scrape held the event loop at most.
+        self.max_step_ns = 0
+
+    def request(self, ex: Exchange) -> None:
+        """Answer ``ex`` once the current (or a new) rendering is done."""
+        from tailguard.observe.prometheus import Rendering
+
+        self.waiting.append(ex)
+        if self.rendering is None:
+            self.rendering = Rendering(_app_collector(self.app))
+            self._next()
+
+    def _step(self) -> None:
+        r = self.rendering
+        try:
+            body = r.step(self.step_ns)
+        except Exception as exc:  # a bug in a collector costs the scrape, never the server
+            self._answer(500, error_body("internal", f"/metrics failed: {type(exc).__name__}: {exc}"),
+                         b"application/json")
+            return
+        finally:
+            self.max_step_ns = max(self.max_step_ns, r.max_step_ns)
+        if body is None:
+            self._next()
+            return
+        self.renderings += 1
+        self._answer(200, body, _CONTENT_TYPE.encode("latin-1"))
+
+    def _next(self) -> None:
+        # A timer due now, not call_soon: asyncio runs a turn's timers after the I/O callbacks
+        # of that turn's poll, but call_soon callbacks before them; a request that arrived
+        # during a step is then read before the next step, not after it.
+        self.app.loop.call_later(0, self._step)
+
+    def _answer(self, code: int, body: bytes, content_type: bytes) -> None:
+        waiting, self.waiting, self.rendering = self.waiting, [], None
+        for ex in waiting:
+            ex.answer(code, body, content_type=content_type)
+            ex.flush()

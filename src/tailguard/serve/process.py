@@ -41,15 +41,20 @@ class ServerProcess:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         log.close()
         end = time.monotonic() + ready_timeout_s
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"tailguard serve exited with {proc.returncode}:\n{cls._tail(workdir)}")
-            if time.monotonic() > end:
-                proc.kill()
-                raise TimeoutError(
-                    f"tailguard serve not ready after {ready_timeout_s} s:\n{cls._tail(workdir)}"
-                )
-            time.sleep(0.02)  # waiting for a process to start, not racing anything
+        try:
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"tailguard serve exited with {proc.returncode}:\n{cls._tail(workdir)}")
+                if time.monotonic() > end:
+                    raise TimeoutError(
+                        f"tailguard serve not ready after {ready_timeout_s} s:\n{cls._tail(workdir)}"
+                    )
+                time.sleep(0.02)  # waiting for a process to start, not racing anything
+        except BaseException:  # not ready, or the caller was interrupted meanwhile: not left behind
+            proc.kill()
+            proc.wait()
+            raise
         return cls(proc, workdir, json.loads(ready.read_text()))
 
     @staticmethod

@@ -109,15 +109,18 @@ class Replica:
         with (log_dir / "server.log").open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         end = time.monotonic() + self.ready_timeout_s
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise StressError(f"tailguard serve exited with {proc.returncode}:\n"
-                                  f"{(log_dir / 'server.log').read_text(errors='replace')[-3000:]}")
-            if time.monotonic() > end:
-                proc.kill()
-                proc.wait()
-                raise StressError(f"tailguard serve not ready after {self.ready_timeout_s} s")
-            time.sleep(0.02)  # waiting for a child process to start serving
+        try:
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise StressError(f"tailguard serve exited with {proc.returncode}:\n"
+                                      f"{(log_dir / 'server.log').read_text(errors='replace')[-3000:]}")
+                if time.monotonic() > end:
+                    raise StressError(f"tailguard serve not ready after {self.ready_timeout_s} s")
+                time.sleep(0.02)  # waiting for a child process to start serving
+        except BaseException:  # not ready (or the run was interrupted meanwhile): not left behind
+            proc.kill()
+            proc.wait()
+            raise
         self.server = ServerProcess(proc, log_dir, json.loads(ready.read_text()))
         tcp = self.server.tcp or ""
         self.port = int(tcp.rsplit(":", 1)[1])

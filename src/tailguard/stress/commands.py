@@ -1,7 +1,8 @@
 """The ``tailguard stress`` command (registered by ``tailguard.cli`` through ``register_stress``).
 
     tailguard stress SCENARIO|all [--seconds S] [--rate R] [--json] [--out DIR] [--service DIR]
-        [--keys K1,K2 --context JSON] [--mix critical=0.2,...] [--late-slack-ms MS]
+        [--keys K1,K2 --context JSON] [--mix critical=0.2,...] [--budgets critical=10ms,...]
+        [--late-slack-ms MS]
         [--kill-every S] [--crash-every S] [--slow-factor F] [--slow-floor-ms MS] [--delay-ms MS]
         [--storm-rate R] [--max-frame BYTES]
     tailguard stress soak [--minutes N] [--fault-every S] [--json] [--out DIR] ...
@@ -20,11 +21,15 @@ for the scenarios that use them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,10 @@ def add_arguments(st: argparse.ArgumentParser) -> None:
     st.add_argument("--keys", help="entity keys to ask about, comma-separated (needed with --service)")
     st.add_argument("--context", help="request context as a JSON object (with --service)")
     st.add_argument("--mix", help="class shares, e.g. critical=0.2,normal=0.5,bulk=0.3")
+    st.add_argument("--budgets",
+                    help="replace class budgets in the service copy, e.g. "
+                         "critical=10ms,normal=20ms,bulk=100ms (the trading example's are in-process "
+                         "budgets: 300 us critical)")
     st.add_argument("--late-slack-ms", type=float, default=5.0,
                     help="client + loopback allowance added to a class budget before an answer is late")
     st.add_argument("--kill-every", type=float, default=10.0, help="worker-kill: seconds between kills")
@@ -97,7 +106,8 @@ def _config(args: argparse.Namespace) -> Any:
     cfg = StressConfig(late_slack_ms=args.late_slack_ms, kill_every_s=args.kill_every,
                        crash_every_s=args.crash_every,
                        slow_factor=args.slow_factor, slow_floor_ms=args.slow_floor_ms, delay_ms=args.delay_ms,
-                       storm_rate_hz=args.storm_rate, max_frame=args.max_frame, mix=args.mix)
+                       storm_rate_hz=args.storm_rate, max_frame=args.max_frame, mix=args.mix,
+                       budgets=args.budgets)
     if args.seconds is not None:
         cfg.seconds = args.seconds
     if args.rate is not None:
@@ -114,6 +124,30 @@ def _meta(argv: list[str]) -> dict[str, Any]:
 
 
 def _stress(args: argparse.Namespace) -> int:
+    with _unwind_on_sigterm():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _unwind_on_sigterm() -> Iterator[None]:
+    """A SIGTERM (``kill``, a CI job's timeout, systemd) unwinds the run as Ctrl-C does: the
+    scenario's ``finally`` blocks stop the replicas, Redis and NATS it started instead of
+    leaving them running.  The previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     args.argv = [a for a in sys.argv[1:] if a != "stress"]
     from tailguard.stress.report import default_out_dir, summary, write_report
 

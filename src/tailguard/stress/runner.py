@@ -68,6 +68,7 @@ class StressConfig:
     storm_rate_hz: float = 200.0
     max_frame: int = 1 << 16
     mix: str | None = None
+    budgets: str | None = None  # "critical=10ms,...": class budgets replaced in the service copy
     seed: int = 1
 
 
@@ -103,7 +104,7 @@ class Env:
         """Start the dependencies and replicas ``scenario`` declares."""
         from tailguard.stress.services import LocalNats, start_redis
 
-        service_copy(self.target, self.service_dir, online=scenario.redis)
+        service_copy(self.target, self.service_dir, online=scenario.redis, budgets=self.config.budgets)
         if scenario.redis:
             self.redis = start_redis(self.workdir / "redis")
         if scenario.proxy:

@@ -14,6 +14,7 @@ are short enough for a fault run to see the breaker open and close (``ONLINE``).
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import sys
 import time
@@ -85,16 +86,56 @@ def trading_target(service_dir: Path | None = None, log: Callable[[str], None] |
     return Target(d, symbols, quote, "instrument", events)
 
 
-def service_copy(target: Target, dest: Path, *, online: bool) -> Path:
-    """Copy the service to ``dest`` (``[online]`` added when ``online`` and missing)."""
+def service_copy(target: Target, dest: Path, *, online: bool, budgets: str | None = None) -> Path:
+    """Copy the service to ``dest`` (``[online]`` added when ``online`` and missing; the
+    priority classes' budgets replaced by ``budgets``, ``name=duration,...``)."""
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(target.service_dir, dest, ignore=shutil.ignore_patterns(".tailguard", "__pycache__"))
     spec = dest / "service.toml"
     text = spec.read_text()
     if online and "[online]" not in text:
-        spec.write_text(text + ONLINE)
+        text += ONLINE
+    if budgets:
+        text = with_budgets(text, budgets)
+    spec.write_text(text)
+    if budgets:
+        try:
+            load_spec(dest)
+        except Exception as exc:
+            from tailguard.stress.problems import StressError
+
+            raise StressError(f"--budgets {budgets!r}: {exc}") from exc
     return dest
+
+
+def with_budgets(text: str, budgets: str) -> str:
+    """``text`` (a service.toml) with the ``budget`` of each ``[[priorities]]`` table named in
+    ``budgets`` (``critical=10ms,normal=20ms``) replaced."""
+    from tailguard.stress.problems import StressError
+
+    wanted: dict[str, str] = {}
+    for part in budgets.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or not name or not value.strip():
+            raise StressError(f"--budgets wants name=duration,... (got {part!r})")
+        wanted[name] = value.strip()
+    tables = re.split(r"(?m)^(?=\s*\[)", text)
+    seen = set()
+    for i, table in enumerate(tables):
+        if not table.lstrip().startswith("[[priorities]]"):
+            continue
+        m = re.search(r'(?m)^\s*name\s*=\s*"([^"]+)"', table)
+        if m is None or m.group(1) not in wanted:
+            continue
+        line = f'budget = "{wanted[m.group(1)]}"'
+        table, n = re.subn(r"(?m)^\s*budget\s*=.*$", line, table, count=1)
+        tables[i] = table if n else table.replace(m.group(0), f"{m.group(0)}\n{line}", 1)
+        seen.add(m.group(1))
+    missing = sorted(set(wanted) - seen)
+    if missing:
+        raise StressError(f"--budgets names classes the service does not declare: {missing}")
+    return "".join(tables)
 
 
 def class_plans(service_dir: Path, mix: str) -> list[ClassPlan]:
