@@ -85,6 +85,23 @@ def test_metrics_are_rendered_on_the_owner_thread(service: Service, dash: Dashbo
     assert dash.metrics.renders == 1
 
 
+def test_metrics_render_in_steps_within_the_side_path_budget(service: Service, dash: DashboardServer) -> None:
+    service.engine.predict("k", CTX)
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(get, dash, "/metrics")
+        while not dash.metrics.waiting:  # the scrape reached the owner's queue
+            wait([fut], timeout=0.001)
+        calls = 0
+        while not fut.done():
+            service.run_side_path(1e-6)  # a 1 µs budget: one piece of the rendering a call
+            calls += 1
+            wait([fut], timeout=0.001)
+        status, _, body = fut.result()
+    assert status == 200 and calls > 3 and dash.metrics.renders == 1
+    families = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert {"tailguard_stage_latency_seconds", "tailguard_engine_requests"} <= families
+
+
 def test_metrics_say_why_when_the_owner_never_runs_its_side_path(service: Service) -> None:
     with serve_dashboard(service, metrics_wait_s=0.05) as d:
         status, _, body = get(d, "/metrics")
