@@ -163,3 +163,36 @@ def test_the_stream_section_applies_to_the_embedded_stream_processor(toy_copy: P
     assert svc.stream.process(event) is None
     assert svc.stream.process({**event, "ts_ns": 2_000_000}) is not None  # the same id again
     assert svc.stream.statistics()["duplicate"] == 1
+
+
+def test_side_tasks_take_turns_going_first_and_wait_once_the_budget_is_spent(service: Service) -> None:
+    import time
+
+    calls: list[str] = []
+
+    class Slow:
+        """A side task whose every step outlasts a 1 µs budget."""
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def drain(self, budget_ns: int | None = None) -> int:
+            calls.append(self.name)
+            end = time.perf_counter_ns() + 20_000
+            while time.perf_counter_ns() < end:  # a step of 20 µs of work
+                pass
+            return 1
+
+        def close(self) -> None:
+            pass
+
+    service.side_tasks.extend([Slow("a"), Slow("b"), Slow("c")])
+    for _ in range(4):
+        service.run_side_path(1e-6)
+    assert calls == ["a", "b", "c", "a"]  # one task a slice, each first in turn
+    calls.clear()
+    service.run_side_path(0.5)
+    assert sorted(calls) == ["a", "b", "c"]  # a budget that lasts: every task runs
+    calls.clear()
+    service.run_side_path()
+    assert calls == ["a", "b", "c"]  # no budget: everything, in order

@@ -76,6 +76,7 @@ class Service:
     side_tasks: list[SideTask] = field(default_factory=list)
     online: OnlineStore | None = None
     _tap: DecisionTap | None = field(default=None, init=False, repr=False)
+    _turn: int = field(default=0, init=False, repr=False)  # which side task goes first next
 
     def attach(self, task: SideTask) -> None:
         """Run ``task`` on this service's side path; when it also has ``on_decision`` and
@@ -139,9 +140,21 @@ class Service:
             left = end - time.perf_counter_ns()
             if left > 0:
                 n += self.latency.drain(left)
-        # Each task gets at least a small slice, so a busy early task cannot starve the others.
-        for task in self.side_tasks:
-            n += task.drain(max(end - time.perf_counter_ns(), 5_000))
+        # The tasks take turns at going first (the first always gets a small slice, so a busy
+        # task cannot starve the others); once the budget is spent the rest wait for the next
+        # call, so a slice overruns its budget by one task's step, not by every task's smallest
+        # step in turn (in-process trading benchmark: p99 on/off 1.30 against 1.50 with every
+        # task running each slice, chunked latency folding included).
+        tasks = self.side_tasks
+        k = len(tasks)
+        if k:
+            first = self._turn % k
+            self._turn += 1
+            for i in range(k):
+                left = end - time.perf_counter_ns()
+                if i and left <= 0:
+                    break
+                n += tasks[(first + i) % k].drain(max(left, 5_000))
         return n
 
     def side_backlog(self) -> int:

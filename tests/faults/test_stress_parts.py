@@ -228,3 +228,12 @@ def test_budgets_replace_the_named_classes_budgets_in_a_service_copy(tmp_path: P
         service_copy(target, tmp_path / "svc3", online=False, budgets="critical")
     with pytest.raises(StressError, match="--budgets"):
         service_copy(target, tmp_path / "svc4", online=False, budgets="critical=soon")
+
+
+def test_the_measured_client_hedges_only_when_asked() -> None:
+    from tailguard.stress.runner import StressConfig, measured_client
+
+    plain = measured_client(StressConfig(), ["127.0.0.1:9"])
+    hedged = measured_client(StressConfig(hedge=True), ["127.0.0.1:9", "127.0.0.1:10"], workers=2)
+    assert plain._core.hedge is None and hedged._core.hedge is not None
+    assert hedged._core.hedge.quantile == 0.95 and hedged._core.hedge.max_fraction == 0.1

@@ -2,7 +2,7 @@
 
     tailguard stress SCENARIO|all [--seconds S] [--rate R] [--json] [--out DIR] [--service DIR]
         [--keys K1,K2 --context JSON] [--mix critical=0.2,...] [--budgets critical=10ms,...]
-        [--late-slack-ms MS]
+        [--hedge] [--late-slack-ms MS]
         [--kill-every S] [--crash-every S] [--slow-factor F] [--slow-floor-ms MS] [--delay-ms MS]
         [--storm-rate R] [--max-frame BYTES]
     tailguard stress soak [--minutes N] [--fault-every S] [--json] [--out DIR] ...
@@ -62,6 +62,9 @@ def add_arguments(st: argparse.ArgumentParser) -> None:
                     help="replace class budgets in the service copy, e.g. "
                          "critical=10ms,normal=20ms,bulk=100ms (the trading example's are in-process "
                          "budgets: 300 us critical)")
+    st.add_argument("--hedge", action="store_true",
+                    help="the measured client hedges slow requests on the other replica "
+                         "(tailguard.client.HedgePolicy: after its p95 latency, at most 10 %% extra)")
     st.add_argument("--late-slack-ms", type=float, default=5.0,
                     help="client + loopback allowance added to a class budget before an answer is late")
     st.add_argument("--kill-every", type=float, default=10.0, help="worker-kill: seconds between kills")
@@ -107,7 +110,7 @@ def _config(args: argparse.Namespace) -> Any:
                        crash_every_s=args.crash_every,
                        slow_factor=args.slow_factor, slow_floor_ms=args.slow_floor_ms, delay_ms=args.delay_ms,
                        storm_rate_hz=args.storm_rate, max_frame=args.max_frame, mix=args.mix,
-                       budgets=args.budgets)
+                       budgets=args.budgets, hedge=args.hedge)
     if args.seconds is not None:
         cfg.seconds = args.seconds
     if args.rate is not None:

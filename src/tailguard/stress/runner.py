@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tailguard.client import AsyncClient
+from tailguard.client import AsyncClient, HedgePolicy
 from tailguard.stress.cluster import Replica
 from tailguard.stress.load import LoadPlan, OpenLoad
 from tailguard.stress.measure import class_figures, recovery, timeline, window_figures
@@ -69,6 +69,7 @@ class StressConfig:
     max_frame: int = 1 << 16
     mix: str | None = None
     budgets: str | None = None  # "critical=10ms,...": class budgets replaced in the service copy
+    hedge: bool = False  # the measured client hedges (HedgePolicy defaults: at its p95, <= 10 %)
     seed: int = 1
 
 
@@ -169,15 +170,22 @@ def _window_peaks(env: Env, bounds: list[tuple[str, int, int]]) -> dict[str, Any
     return out
 
 
+def measured_client(cfg: StressConfig, addresses: list[str], *, workers: int = 1,
+                    client_id: str = "stress") -> AsyncClient:
+    """The client a run measures, as a production caller would have it: failover, health
+    checks, idempotent retries (3), a hedge on the other replica when ``cfg.hedge``.  Against
+    multi-worker replicas, warm connections spread over the workers: a request on a connection
+    that died with its worker is re-sent at once on another (docs/deploy.md)."""
+    return AsyncClient(addresses, timeout_s=cfg.timeout_s, max_retries=3, down_backoff_s=0.05,
+                       max_down_backoff_s=0.5, health_interval_s=0.1,
+                       warm_connections=2 * workers if workers > 1 else 1,
+                       hedge=HedgePolicy() if cfg.hedge else None, client_id=client_id)
+
+
 async def _measure(scenario: Scenario, env: Env) -> dict[str, Any]:
     cfg = env.config
     classes = class_plans(env.service_dir, cfg.mix or env.target.mix)
-    # Against multi-worker replicas, warm connections spread over the workers: a request on
-    # a connection that died with its worker is re-sent at once on another (docs/deploy.md).
-    client = AsyncClient([r.address for r in env.replicas], timeout_s=cfg.timeout_s, max_retries=3,
-                         down_backoff_s=0.05, max_down_backoff_s=0.5, health_interval_s=0.1,
-                         warm_connections=2 * scenario.workers if scenario.workers > 1 else 1,
-                         client_id="stress")
+    client = measured_client(cfg, [r.address for r in env.replicas], workers=scenario.workers)
     await client.connect()
     plan = LoadPlan(cfg.rate_hz, cfg.seconds, env.target.keys, env.target.context, classes,
                     timeout_s=cfg.timeout_s, seed=cfg.seed)

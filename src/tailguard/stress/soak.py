@@ -36,7 +36,7 @@ import numpy as np
 from tailguard.client import AsyncClient
 from tailguard.stress.load import LoadPlan, OpenLoad
 from tailguard.stress.measure import window_figures
-from tailguard.stress.runner import Env, StressConfig
+from tailguard.stress.runner import Env, StressConfig, measured_client
 from tailguard.stress.scenarios import (
     DisconnectStormScenario,
     RaisingModel,
@@ -92,8 +92,7 @@ async def _soak(env: Env, minutes: float, minute_s: float, fault_every_s: float,
                 log: Callable[[str], None]) -> dict[str, Any]:
     cfg = env.config
     classes = class_plans(env.service_dir, cfg.mix or env.target.mix)
-    client = AsyncClient([r.address for r in env.replicas], timeout_s=cfg.timeout_s, max_retries=3,
-                         down_backoff_s=0.05, max_down_backoff_s=0.5, health_interval_s=0.1, client_id="soak")
+    client = measured_client(cfg, [r.address for r in env.replicas], client_id="soak")
     await client.connect()
 
     def plan_for(rate: float, seconds: float, seed: int = 1) -> LoadPlan:
