@@ -430,10 +430,6 @@ class Rendering:
         self.steps = 0
         #: The longest step so far, ns (what the caller was held at most).
         self.max_step_ns = 0
-        self.done = False
-
-    def _split(self, family: Any) -> list[tuple[Any, bool]]:
-        return _pieces(family, self._metric, self.SAMPLES_PER_PIECE)
 
     def step(self, budget_ns: int) -> bytes | None:
         """Format families (or pieces of a large one) for about ``budget_ns``, at least one;
@@ -446,9 +442,8 @@ class Rendering:
                 if not self._pieces:
                     family = next(self._families, None)
                     if family is None:
-                        self.done = True
                         return b"".join(self._parts)
-                    self._pieces = self._split(family)
+                    self._pieces = _pieces(family, self._metric, self.SAMPLES_PER_PIECE)
                 piece, headed = self._pieces.pop()
                 text = self._format(_One(piece))
                 if not headed:  # a later piece of a family: its sample lines only

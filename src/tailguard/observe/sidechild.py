@@ -188,7 +188,8 @@ class _Child:
                 if not len(self.out):  # the previous status went out: no pile-up behind a slow reader
                     full = now - last_full >= FULL_STATUS_NS
                     self.send(self.status(full=full))
-                    last_full = last_full if not full else now
+                    if full:
+                        last_full = now
                 last = now
         self.svc.close()
         self.out.put(frame(self.enc.encode({**self.status(), "closed": True})))

@@ -284,8 +284,7 @@ class SideProcess:
         inbox = self._in
         if inbox is None:
             return
-        while inbox.read():
-            pass
+        inbox.read_all()
         for f in inbox.frames():
             msg = self._dec.decode(f)
             if msg.get("ready"):

@@ -186,6 +186,13 @@ class Inbox:
         self._buf += data
         return len(data)
 
+    def read_all(self) -> int:
+        """Read until the pipe is empty (or closed); the bytes read."""
+        total = 0
+        while n := self.read():
+            total += n
+        return total
+
     def frames(self) -> Iterator[bytearray]:
         """The whole frames read so far."""
         buf, pos = self._buf, 0

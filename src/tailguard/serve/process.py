@@ -18,7 +18,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["ServerProcess"]
+__all__ = ["ServerProcess", "wait_ready"]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], ready: Path, timeout_s: float) -> str | None:
+    """Wait until the server ``proc`` writes its ready file ``ready``: None once it has, else
+    why not — ``"exited"`` or ``"timeout"``.  A server that did not get ready, or whose wait
+    was interrupted (Ctrl-C, a SIGTERM turned into an exception), is killed: never left
+    behind."""
+    end = time.monotonic() + timeout_s
+    try:
+        while not ready.exists():
+            if proc.poll() is not None:
+                return "exited"
+            if time.monotonic() > end:
+                proc.kill()
+                proc.wait()
+                return "timeout"
+            time.sleep(0.02)  # waiting for a process to start, not racing anything
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return None
 
 
 class ServerProcess:
@@ -40,21 +62,11 @@ class ServerProcess:
                "--ready-file", str(ready)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         log.close()
-        end = time.monotonic() + ready_timeout_s
-        try:
-            while not ready.exists():
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"tailguard serve exited with {proc.returncode}:\n{cls._tail(workdir)}")
-                if time.monotonic() > end:
-                    raise TimeoutError(
-                        f"tailguard serve not ready after {ready_timeout_s} s:\n{cls._tail(workdir)}"
-                    )
-                time.sleep(0.02)  # waiting for a process to start, not racing anything
-        except BaseException:  # not ready, or the caller was interrupted meanwhile: not left behind
-            proc.kill()
-            proc.wait()
-            raise
+        why = wait_ready(proc, ready, ready_timeout_s)
+        if why == "exited":
+            raise RuntimeError(f"tailguard serve exited with {proc.returncode}:\n{cls._tail(workdir)}")
+        if why is not None:
+            raise TimeoutError(f"tailguard serve not ready after {ready_timeout_s} s:\n{cls._tail(workdir)}")
         return cls(proc, workdir, json.loads(ready.read_text()))
 
     @staticmethod

@@ -20,10 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tailguard.serve.process import ServerProcess
+from tailguard.serve.process import ServerProcess, wait_ready
 from tailguard.stress.chaos import write_control
 from tailguard.stress.problems import StressError
 
@@ -108,19 +107,12 @@ class Replica:
                "--dashboard-interval", "0", "--drain-timeout", "2", *self.extra, "--ready-file", str(ready)]
         with (log_dir / "server.log").open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + self.ready_timeout_s
-        try:
-            while not ready.exists():
-                if proc.poll() is not None:
-                    raise StressError(f"tailguard serve exited with {proc.returncode}:\n"
-                                      f"{(log_dir / 'server.log').read_text(errors='replace')[-3000:]}")
-                if time.monotonic() > end:
-                    raise StressError(f"tailguard serve not ready after {self.ready_timeout_s} s")
-                time.sleep(0.02)  # waiting for a child process to start serving
-        except BaseException:  # not ready (or the run was interrupted meanwhile): not left behind
-            proc.kill()
-            proc.wait()
-            raise
+        why = wait_ready(proc, ready, self.ready_timeout_s)
+        if why == "exited":
+            raise StressError(f"tailguard serve exited with {proc.returncode}:\n"
+                              f"{(log_dir / 'server.log').read_text(errors='replace')[-3000:]}")
+        if why is not None:
+            raise StressError(f"tailguard serve not ready after {self.ready_timeout_s} s")
         self.server = ServerProcess(proc, log_dir, json.loads(ready.read_text()))
         tcp = self.server.tcp or ""
         self.port = int(tcp.rsplit(":", 1)[1])
