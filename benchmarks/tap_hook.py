@@ -23,19 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from inproc import Feed  # noqa: E402
-from support.example import SERVICE_DIR, ensure_models  # noqa: E402
+from support.hooks import hook_parser, time_hooks, trading_service  # noqa: E402
 
-import tailguard  # noqa: E402
 from tailguard.observe.tap import DecisionTap  # noqa: E402
 
 
@@ -54,10 +49,7 @@ class ClockedTap(DecisionTap):
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    ensure_models()
-    svc = tailguard.load_service(SERVICE_DIR, record_latency=False)
-    feed = Feed(args.seed)
-    feed.apply([svc], 5000)
+    svc, feed = trading_service(args.seed)
     eng = svc.engine
     tap, old = DecisionTap(eng, 1 << 16), ClockedTap(eng, 1 << 16)
     readers = [tap.reader(), old.reader()]
@@ -66,35 +58,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         return None
 
     variants = {"tap": tap.on_decision, "tap_with_clocks": old.on_decision, "noop": noop}
-    names = list(variants)
-    ns = {k: np.zeros(args.calls // len(names) + 1, dtype=np.int64) for k in names}
-    counts = dict.fromkeys(names, 0)
-    symbols = sorted(feed.quotes)
-    calls = [(s, dict(feed.quotes[s])) for s in symbols]
-    pc = time.perf_counter_ns
-    gap = round(args.gap_us * 1e3)
-    tailguard.tune_gc()
-    for i in range(args.calls + 200):
-        key, ctx = calls[i % len(calls)]
-        d = eng.predict(key, ctx, priority="critical")
-        name = names[i % len(names)]
-        t0 = pc()
-        variants[name](d)
-        t1 = pc()
-        if i >= 200:  # warm-up
-            ns[name][counts[name]] = t1 - t0
-            counts[name] += 1
-        if i % 256 == 255:
-            for r in readers:
-                r.advance(r.tap.head)
-        t = pc()
-        while pc() - t < gap:
-            pass
+
+    def release() -> None:
+        for r in readers:
+            r.advance(r.tap.head)
+
+    out: dict[str, Any] = {"calls": args.calls, "gap_us": args.gap_us,
+                           **time_hooks(eng, feed.quotes, variants, release, args.calls, args.gap_us)}
     svc.close()
-    out: dict[str, Any] = {"calls": args.calls, "gap_us": args.gap_us}
-    for k in names:
-        p50, p90, p99 = np.percentile(ns[k][: counts[k]] / 1e3, [50, 90, 99])
-        out[k] = {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3)}
     base = out["noop"]["p50"]
     out["tap_over_noop_p50"] = round(out["tap"]["p50"] / base, 2)
     out["tap_with_clocks_over_noop_p50"] = round(out["tap_with_clocks"]["p50"] / base, 2)
@@ -103,11 +74,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=30_000)
-    ap.add_argument("--gap-us", type=float, default=300.0, help="idle time between decisions")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--json", action="store_true")
+    ap = hook_parser(__doc__.split("\n\n")[0])
     args = ap.parse_args()
     res = measure(args)
     stream = sys.stderr if args.json else sys.stdout

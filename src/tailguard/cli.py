@@ -131,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_nats=args.audit_nats,
         audit_nats_stream=args.audit_nats_stream,
         side_process=args.side_process,
+        side_transport=args.side_transport,
         otlp_endpoint=args.otlp_endpoint,
         trace_sample=0.01 if args.trace_sample is None else args.trace_sample,
         log_json=args.log_json,
@@ -267,9 +268,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--audit-keep-segments", type=int, help="keep at least the newest N audit segments")
     s.add_argument("--audit-nats", metavar="URL", help="copy each worker's audit log to NATS JetStream")
     s.add_argument("--audit-nats-stream", default="TAILGUARD_AUDIT", help="the JetStream stream of the copy")
-    s.add_argument("--side-process", action="store_true",
-                   help="run the audit log and drift monitor in a side process per worker "
-                        "(off the serving core)")
+    s.add_argument("--side-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the audit log, the drift monitor and the latency folds in a side process per "
+                        "worker, off the serving core (default: when audit or drift is on, a C compiler "
+                        "is there and the cores outnumber the workers)")
+    s.add_argument("--side-transport", choices=("auto", "ring", "pipe"), default="auto",
+                   help="how decisions reach the side process: ring (shared memory, written by a "
+                        "compiled hook), pipe (msgpack frames), auto (ring when a C compiler is there)")
     s.add_argument("--otlp-endpoint", metavar="URL",
                    help="trace sampled requests: OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)")
     s.add_argument("--trace-sample", metavar="RATIO", type=_ratio,

@@ -32,6 +32,7 @@ from tailguard.features.stream import StreamProcessor
 from tailguard.features.view import FeatureView, compile_views
 from tailguard.models.repository import LoadedModel, load_model
 from tailguard.observe.latency import LatencyRecorder
+from tailguard.observe.ring import DecisionRing
 from tailguard.observe.tap import DecisionTap
 from tailguard.resilience.isolation import IsolatedRuntime
 from tailguard.resilience.ladder import compile_ladder
@@ -76,6 +77,7 @@ class Service:
     side_tasks: list[SideTask] = field(default_factory=list)
     online: OnlineStore | None = None
     _tap: DecisionTap | None = field(default=None, init=False, repr=False)
+    _ring: DecisionRing | None = field(default=None, init=False, repr=False)
     _turn: int = field(default=0, init=False, repr=False)  # which side task goes first next
 
     def attach(self, task: SideTask) -> None:
@@ -102,13 +104,54 @@ class Service:
         if tap is None:
             tap = DecisionTap(self.engine, 1 << 16, history=1024)
             self._tap = tap
-            hooks = list(self.engine.hooks)
-            if self.latency is not None and self.latency in hooks:
-                # The latency recorder reads the tap too: one reply-path hook for all side paths.
-                hooks.remove(self.latency)
-                self.latency.bind_tap(tap)
-            self.engine.set_hooks([*hooks, tap])
+            # The latency recorder reads the tap too: one reply-path hook for all side paths.
+            self._hook_instead_of_latency(tap, lambda lat: lat.bind_tap(tap))
         return tap
+
+    def _hook_instead_of_latency(self, hook: Any, bind: Any) -> None:
+        """Install ``hook``; the latency recorder, if it is a hook, is taken off and ``bind``-ed
+        to read from ``hook`` instead."""
+        hooks = list(self.engine.hooks)
+        if self.latency is not None and self.latency in hooks:
+            hooks.remove(self.latency)
+            bind(self.latency)
+        self.engine.set_hooks([*hooks, hook])
+
+    @property
+    def ring(self) -> DecisionRing | None:
+        """The shared-memory ``DecisionRing`` if a side process made one (``decision_ring()``)."""
+        return self._ring
+
+    def decision_ring(self, capacity: int = 1 << 14) -> DecisionRing:
+        """The service's ``DecisionRing`` (``tailguard.observe.ring``): each decision copied by a
+        compiled hook into shared memory, for a side process on another core.  Made and
+        installed as an engine hook on first use, its labels (model versions, priority classes)
+        known from the start; the latency recorder, if installed as a hook, is moved onto it
+        (it then folds the ring's timings on the side path: one reply-path hook)."""
+        ring = self._ring
+        if ring is None:
+            ring = DecisionRing(self.engine, capacity)
+            ring.preload([r.label for r in self.engine.rungs], list(self.engine._priorities))
+            self._ring = ring
+            self._hook_instead_of_latency(ring, lambda lat: lat.bind_ring(ring))
+        return ring
+
+    def release_ring(self) -> None:
+        """Take the ``DecisionRing`` off the engine (its side process is gone for good): the
+        latency recorder folds what the ring holds and goes back to the tap or to being a hook."""
+        ring = self._ring
+        if ring is None:
+            return
+        self._ring = None
+        hooks = [h for h in self.engine.hooks if h is not ring]
+        lat = self.latency
+        if lat is not None and lat.unbind_ring():
+            if self._tap is not None:
+                lat.bind_tap(self._tap)
+            else:
+                hooks.append(lat)
+        self.engine.set_hooks(hooks)
+        ring.close()
 
     def close(self) -> None:
         """Close every attached side task (writes what they still hold), newest first, then
@@ -165,6 +208,7 @@ class Service:
         enough work has gathered for the slice's fixed costs to be spread thin."""
         tap, lat = self._tap, self.latency
         n = 0 if tap is None else tap.backlog(ignore=None if lat is None else lat.reader)
+        # (a ring's backlog is the side process's: nothing for this core to do about it)
         if lat is not None:
             waiting = lat.pending()
             if waiting >= lat.chunk:

@@ -146,7 +146,8 @@ def test_a_served_app_with_drift_enabled_reports_its_scores(toy_copy: Path, tmp_
     assert main(["drift", "reference", str(toy_copy), "--data", str(data)]) == 0
     (toy_copy / "service.toml").write_text((toy_copy / "service.toml").read_text() + DRIFT)
     assert load_spec(toy_copy).drift.enabled
-    server = InThreadServer(toy_copy, ServeConfig(side_path_interval_s=3600.0))
+    # The drift monitor in process (a side process's is tested in test_sideproc.py).
+    server = InThreadServer(toy_copy, ServeConfig(side_path_interval_s=3600.0, side_process=False))
     try:
         app = server.app
         assert app.drift is not None and app.drift in app.service.side_tasks

@@ -261,13 +261,17 @@ def test_feature_ages_of_a_shared_store_are_declared_but_empty_without_a_tap(
     assert getattr(svc, "_tap", None) is None  # a scrape does not install a tap
 
 
+@pytest.mark.parametrize("keeper", ["tap", "ring"])
 def test_feature_ages_of_a_shared_store_are_those_the_last_decisions_read(
-    redis_service: tuple[Service, RedisServer], clock: FakeClock
+    redis_service: tuple[Service, RedisServer], clock: FakeClock, keeper: str
 ) -> None:
     from toyservice import feed
 
     svc, _ = redis_service
-    svc.decision_tap()  # what an attached audit log or drift monitor does
+    if keeper == "tap":
+        svc.decision_tap()  # what an attached audit log or drift monitor does
+    else:
+        svc.decision_ring()  # what a side process does (the records hold the same rows)
     feed(svc, "a")
     clock.advance(1.0)
     feed(svc, "b")

@@ -1,9 +1,11 @@
-"""The side process: the audit log and the drift monitor in a child process fed through a pipe.
+"""The side process: the audit log and the drift monitor in a child process.
 
-Real child processes (``python -m tailguard.observe.sidechild``): every decision reaches the
-log bit for bit, a child killed with SIGKILL is restarted and the log holds every decision
-exactly once, drift scores and labels cross both ways, a child that cannot start says why
-with its code, and the wire keeps frames whole across partial reads and full pipes."""
+Real child processes (``python -m tailguard.observe.sidechild``), with both transports —
+``ring`` (decisions in a shared-memory ``DecisionRing`` written by the compiled hook) and
+``pipe`` (the tap's entries in msgpack frames): every decision reaches the log bit for bit, a
+child killed with SIGKILL is restarted and the log holds every decision exactly once, drift
+scores and labels cross both ways, a child that cannot start says why with its code, and the
+wire keeps frames whole across partial reads and full pipes."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tailguard.audit.log import new_key
 from tailguard.audit.verify import read_entries, verify
 from tailguard.cli import main
 from tailguard.decision import BatchDecision, Decision
+from tailguard.observe.latency import LatencyRecorder
 from tailguard.observe.sideproc import AuditConfig, RemoteDrift, SideProcess, SideProcessError
 from tailguard.observe.sidewire import (
     DECISIONS,
@@ -70,9 +73,25 @@ def audit_cfg(tmp_path: Path) -> AuditConfig:
     return AuditConfig(str(tmp_path / "audit"), str(key), options={"fsync_interval_s": 0.01})
 
 
+def _compiles() -> bool:
+    from tailguard.observe.ring import compile_writer
+
+    return compile_writer()[0] is not None
+
+
+TRANSPORTS = [pytest.param("ring", marks=pytest.mark.skipif(not _compiles(), reason="no C compiler")),
+              "pipe"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def side(service: Service, audit_cfg: AuditConfig) -> Iterator[SideProcess]:
-    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01)
+def side(service: Service, audit_cfg: AuditConfig, transport: str) -> Iterator[SideProcess]:
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, transport=transport)
+    assert sp.transport == transport
     yield sp
     service.close()
 
@@ -124,6 +143,9 @@ def test_a_killed_side_process_is_restarted_and_every_decision_is_logged_once(
     assert report.ok, report.problem
     assert [r.keys for r in records(Path(audit_cfg.directory))] == keys  # none lost, none twice
     assert report.segments >= 2  # the restarted log closed the torn segment and went on
+    lat = service.latency
+    assert lat is not None  # every decision's timings folded once, or counted as lost with the child
+    assert lat.snapshot()["predict"]["total"]["count"] + lat.dropped == len(keys)
 
 
 def test_decisions_wait_in_the_tap_while_no_child_runs(service: Service, side: SideProcess,
@@ -138,25 +160,30 @@ def test_decisions_wait_in_the_tap_while_no_child_runs(service: Service, side: S
     assert [r.keys for r in records(Path(audit_cfg.directory))] == [f"w{i}" for i in range(50)]
 
 
-def test_a_child_that_cannot_start_says_why(service: Service, audit_cfg: AuditConfig) -> None:
+def test_a_child_that_cannot_start_says_why(service: Service, audit_cfg: AuditConfig, transport: str) -> None:
     d = Path(audit_cfg.directory)
     d.mkdir()
     (d / segment_name(0)).write_bytes(b"not an audit segment")
     with pytest.raises(SideProcessError) as e:
-        SideProcess(service, audit=audit_cfg).start()
+        SideProcess(service, audit=audit_cfg, transport=transport).start()
     assert e.value.code.startswith("audit") and "failed to start" in str(e.value)
-    tap = service.tap
-    assert tap is not None
     for i in range(5):
         service.engine.predict(f"k{i}", CTX)
-    assert service.latency is not None
-    assert tap.backlog(ignore=service.latency.reader) == 0  # the failed export holds nothing back
+    lat = service.latency
+    assert lat is not None
+    if transport == "pipe":
+        tap = service.tap
+        assert tap is not None
+        assert tap.backlog(ignore=lat.reader) == 0  # the failed export holds nothing back
+    else:  # the ring left the engine (nothing would read it); the latency recorder is a hook again
+        assert service.ring is None and lat in service.engine.hooks
+        assert lat.snapshot()["predict"]["total"]["count"] == 5
 
 
 DRIFT = DRIFT_SECTION + "labels = true\n"
 
 
-def test_drift_scores_and_labels_cross_the_pipe(toy_copy: Path, tmp_path: Path) -> None:
+def test_drift_scores_and_labels_cross_the_pipe(toy_copy: Path, tmp_path: Path, transport: str) -> None:
     pytest.importorskip("river")
     x, _ = training_matrix(2000, seed=4)
     data = tmp_path / "train.npz"
@@ -165,7 +192,7 @@ def test_drift_scores_and_labels_cross_the_pipe(toy_copy: Path, tmp_path: Path) 
     (toy_copy / "service.toml").write_text((toy_copy / "service.toml").read_text() + DRIFT)
     svc = load_service(toy_copy)
     try:
-        sp = SideProcess.attach(svc, drift=True, status_interval_s=0.01)
+        sp = SideProcess.attach(svc, drift=True, status_interval_s=0.01, transport=transport)
         remote = next(t for t in svc.side_tasks if isinstance(t, RemoteDrift))
         for i in range(60):
             svc.engine.predict(f"k{i}", CTX)
@@ -178,6 +205,64 @@ def test_drift_scores_and_labels_cross_the_pipe(toy_copy: Path, tmp_path: Path) 
         assert remote.statistics()["recorded_rows"] == 60 and sp.statistics()["running"]
     finally:
         svc.close()
+
+
+# -- the ring transport -----------------------------------------------------------------------------
+ring_only = pytest.mark.skipif(not _compiles(), reason="no C compiler")
+
+
+@ring_only
+def test_the_ring_is_the_only_reply_path_hook_and_feeds_the_latency_recorder(
+        toy_dir: Path, audit_cfg: AuditConfig) -> None:
+    service = load_service(toy_dir, freeze_gc=False)  # the real clock: timings worth comparing
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01)
+    try:
+        assert sp.transport == "ring" and sp.statistics()["compiled"]
+        ring = service.ring
+        assert ring is not None and service.tap is None and service.engine.hooks == (ring,)
+        ref = LatencyRecorder()  # the same decisions folded in process, as a hook: the reference
+        service.engine.set_hooks([ring, ref])
+        for i in range(70):
+            service.engine.predict(f"k{i % 5}", CTX)
+        lat = service.latency
+        assert lat is not None and lat.reads_ring
+        assert lat.pending() == 0 and service.side_backlog() == 0  # nothing to fold on this core
+        # the child folds the timings and sends the histograms back with its status
+        until(lambda: lat.snapshot()["predict"]["total"]["count"] == 70, service.run_side_path)
+        ref.drain()
+        assert ref.one.count(4) == 70 and ref.one.max_ns[4] > 1_000  # real timings, µs apart
+        assert np.array_equal(lat.one.counts, ref.one.counts) and lat.one.max_ns == ref.one.max_ns
+        assert lat.one.sum_ns == ref.one.sum_ns and lat.snapshot() == ref.snapshot()
+        until(lambda: sp.statistics()["unacknowledged"] == 0
+              and sp.latest.get("audit", {}).get("written") == 70, service.run_side_path)
+    finally:
+        service.close()
+    assert service.ring is None and service.latency in service.engine.hooks
+
+
+@ring_only
+def test_long_keys_new_labels_and_gaps_reach_the_log_through_the_ring(
+        service: Service, audit_cfg: AuditConfig) -> None:
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, ring_capacity=64)
+    long_key = "x" * 300  # longer than a record's key field: sent apart (TABLES), by position
+    service.engine.predict(long_key, CTX)
+    service.engine.predict("short", CTX, priority=service.spec.priorities[-1].name)
+    sp.max_backoff_s = sp.backoff_s = 3600.0  # no restart: the ring fills up
+    os.kill(sp.statistics()["pid"], signal.SIGKILL)
+    until(lambda: sp.restarts == 1, sp.drain)
+    for i in range(100):  # 64 fit (less what the dead child left unacknowledged), the rest dropped
+        service.engine.predict(f"d{i}", CTX)
+    dropped = sp.statistics()["ring_dropped"]
+    assert dropped > 0
+    service.close()  # restarts the child: it reads the ring from ``consumed`` and closes the log
+    key = Path(audit_cfg.key_file).read_bytes()
+    report = verify(audit_cfg.directory, key, service.spec.name)
+    assert report.ok, report.problem
+    recs = records(Path(audit_cfg.directory))
+    assert recs[0].keys == long_key and recs[1].keys == "short"
+    assert recs[1].priority == service.spec.priorities[-1].name
+    assert len(recs) == 2 + 100 - dropped
+    assert report.dropped == dropped  # the gap is in the chain
 
 
 # -- the wire -------------------------------------------------------------------------------------

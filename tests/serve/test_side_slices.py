@@ -39,8 +39,10 @@ def audit_state(server: InThreadServer) -> tuple[int, int, int]:
 def serve(toy_copy: Path, tmp_path: Path, backlog: int) -> InThreadServer:
     key = tmp_path / "audit.key"
     new_key(key)
-    # A generous slice budget: every slice writes all that waits (the count is then exact).
+    # A generous slice budget: every slice writes all that waits (the count is then exact); the
+    # audit log in process (these slices are its work), not in a side process.
     return InThreadServer(toy_copy, ServeConfig(side_path_interval_s=HOUR, side_slice_backlog=backlog,
+                                                side_process=False,
                                                 side_slice_budget_s=1.0,
                                                 audit_dir=str(tmp_path / "audit"), audit_key_file=str(key),
                                                 dashboard_interval_s=0))

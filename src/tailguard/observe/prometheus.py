@@ -25,6 +25,7 @@ from tailguard.observe.latency import StageHistograms, bucket_index
 from tailguard.observe.tap import FILLED, WRITTEN, DecisionTap
 
 if TYPE_CHECKING:
+    from tailguard.observe.ring import DecisionRing
     from tailguard.service import Service
 
 __all__ = [
@@ -164,9 +165,10 @@ def _feature_ages(svc: Service, names: list[str], values: list[str]) -> Iterator
         # The remote store's key index holds no values (they live in Redis): the ages are those
         # of the values the last decisions read, at the time they read them, when a decision tap
         # keeps them (an audit log or drift monitor is attached); no rows are counted.
-        tap = svc.tap  # never made here (decision_tap() would): a scrape must not add a hook
-        if tap is not None:
-            for name, a in _decision_ages(tap).items():
+        tap, ring = svc.tap, svc.ring  # never made here: a scrape must not add a hook
+        recent = _decision_ages(tap) if tap is not None else _ring_ages(ring) if ring is not None else {}
+        if recent:
+            for name, a in recent.items():
                 if len(a):
                     qs = np.quantile(a, AGE_QUANTILES) / 1e9
                     for q, v in zip(AGE_QUANTILES, qs.tolist(), strict=True):
@@ -205,12 +207,27 @@ def _decision_ages(tap: DecisionTap, window: int = DECISION_AGES_WINDOW) -> dict
     w_all = np.frombuffer(b"".join(chunks), dtype=np.int64).reshape(-1, len(names))
     rows_per = np.array([len(c) for c in chunks], dtype=np.int64) // (8 * len(names))
     f_all = np.repeat(np.array([e[FILLED] for e in kept], dtype=np.int64), rows_per)
+    return _ages_by_view(names, w_all, f_all)
+
+
+def _ages_by_view(names: tuple[str, ...], written: np.ndarray, filled: np.ndarray) -> dict[str, np.ndarray]:
+    """Per view (column of ``written``, one row per decision row), fill time minus write time
+    of the rows ever written."""
     out = {}
     for j, name in enumerate(names):
-        col = w_all[:, j]
+        col = written[:, j]
         known = col != NEVER
-        out[name] = f_all[known] - col[known]
+        out[name] = filled[known] - col[known]
     return out
+
+
+def _ring_ages(ring: DecisionRing, window: int = DECISION_AGES_WINDOW) -> dict[str, np.ndarray]:
+    """``_decision_ages`` of the last ``window`` records of a ``DecisionRing`` (a batch's rows
+    each count; owner thread: the writer is not running)."""
+    hi = ring.head
+    recs = ring.reader().read(max(0, hi - min(window, ring.capacity)), hi)
+    names = ring.engine.assembler.stored_views
+    return _ages_by_view(names, recs["written"].reshape(len(recs), len(names)), recs["filled_ns"])
 
 
 #: Near-cache counters exported as ``tailguard_online_cache_<name>_total``.

@@ -14,11 +14,16 @@ attaches them in process.  Then, until the data pipe closes:
    by time) runs whether or not decisions came;
 2. rebuild each received entry as the tap tuple it was in the serving process
    (``DecisionTap.put``; a gap the serving tap could not keep is added to ``dropped``, so the
-   audit chain records it) and hand labels to the drift monitor;
-3. run the whole side path (no budget: this process has nothing else to do);
-4. report, every ``status_interval_s``: ``ack`` (the serving tap's position below which every
+   audit chain records it) and hand labels to the drift monitor.  With the ring transport
+   (``ring_fd`` in the config) the entries come from the shared-memory ``DecisionRing``
+   instead (``RingSource``: from the ring's ``consumed`` on, once the labels they name have
+   come in ``TABLES`` frames), and their timings are folded into latency histograms;
+3. run the whole side path (no budget: this process has nothing else to do), then, with the
+   ring, move its ``consumed`` past what the audit log has handed to the OS;
+4. report, every ``status_interval_s``: ``ack`` (the serving position below which every
    record is in the OS — what survives a kill -9 of this process — or, without an audit log,
-   every entry consumed), the drift scores and statistics, and the audit counters.
+   every entry consumed), the drift scores and statistics, the audit counters and, with the
+   ring, the latency histograms' growth.
 
 When the data pipe closes (the serving process closes the side process, or died) it closes
 the side tasks (the audit log writes everything and its closing checkpoint), reports once
@@ -34,6 +39,7 @@ import os
 import select
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,6 +52,7 @@ from tailguard.observe.sidewire import (
     DECISIONS,
     LABELS,
     SINGLES,
+    TABLES,
     Inbox,
     Outbox,
     decode_decision,
@@ -72,7 +79,12 @@ class _Child:
                                      offline=True)
         self.svc = svc
         self.tap = svc.decision_tap()
-        self.offset = config["start"] - self.tap.head  # serving tap position = local + offset
+        self.ring: RingSource | None = None
+        if config.get("ring_fd") is not None:  # decisions in shared memory: read from ``consumed``
+            self.ring = RingSource(config["ring_fd"], svc.engine, config.get("latency_from"))
+            self.offset = 0  # (unused: the ring maps positions itself)
+        else:
+            self.offset = config["start"] - self.tap.head  # serving tap position = local + offset
         self.audit: Any = None
         self.drift: Any = None
         a = config.get("audit")
@@ -112,12 +124,18 @@ class _Child:
         """The counters and ``ack``; with ``full``, the drift scores and statistics too (the
         serving side decodes what it is sent: the large part goes once a second)."""
         msg: dict[str, Any] = {"received": self.received, "duplicates": self.duplicates}
+        if self.ring is not None:
+            msg["ack"] = self.ring.reader.consumed()
+            lat = self.ring.latency_report()
+            if lat is not None:
+                msg["latency"] = lat
         if self.audit is not None:
             a = self.audit
-            msg["ack"] = a.handed_over + self.offset
+            if self.ring is None:
+                msg["ack"] = a.handed_over + self.offset
             msg["audit"] = {"written": a.written, "dropped": a.dropped, "checkpoints": a.checkpoints,
                             "pending": a.pending}
-        else:
+        elif self.ring is None:
             msg["ack"] = self.tap.head + self.offset
         if self.drift is not None and full:
             msg["drift_scores"] = self.drift.drift_scores()
@@ -147,23 +165,56 @@ class _Child:
                 entries: Iterable[tuple[Any, ...]] = singles_entries(msg, tap.width, tap.n_views)
             else:
                 entries = ((decode_decision(e[0]), *e[1:]) for e in msg[4])
-            half = tap.capacity // 2
-            written = self._written
             for e in entries:
-                if written is not None:
-                    if self._identity(e) in written:
-                        self.duplicates += 1
-                        self.offset += 1  # the serving tap's position, with no local entry
-                        continue
-                    self._written = written = None  # past the resent prefix
-                if tap.backlog() >= half:
-                    self.svc.run_side_path()
-                tap.put(e)
-                self.received += 1
+                if not self.put(e):
+                    self.offset += 1  # the serving tap's position, with no local entry
+        elif kind == TABLES and self.ring is not None:
+            hashes = self.ring.learn(msg)
+            if hashes and self.audit is not None:
+                self.audit.learn_hashes(hashes)
         elif kind == LABELS and self.drift is not None:
             for key, label, decided_ns, prediction in msg[1]:
                 k = tuple(key) if isinstance(key, list) else key
                 self.drift.observe_label(k, label, decided_ns=decided_ns, prediction=prediction)
+
+    def put(self, e: tuple[Any, ...]) -> bool:
+        """Keep one received entry in the local tap (running the side path when it fills up);
+        False when it is a duplicate of a record the previous child already wrote (resent
+        after a restart: skipped)."""
+        written = self._written
+        if written is not None:
+            if self._identity(e) in written:
+                self.duplicates += 1
+                return False
+            self._written = None  # past the resent prefix
+        tap = self.tap
+        if tap.backlog() >= tap.capacity // 2:
+            self.svc.run_side_path()
+        tap.put(e)
+        self.received += 1
+        return True
+
+    def pull(self, *, final: bool = False) -> None:
+        """Take the ring's new records into the local tap (the ring transport)."""
+        ring = self.ring
+        assert ring is not None
+        tap = self.tap
+        while True:
+            got = ring.take(final=final)
+            for gap, e in got:
+                tap.dropped += gap  # dropped before this decision: the audit chain records the gap
+                ring.mark(tap.head if self.put(e) else None)
+            if not got or not final:
+                break
+        if final:  # no record will come to carry the last drops: the chain records them now
+            tap.dropped += ring.reader.pending_drops()
+
+    def settle(self) -> None:
+        """Move the ring's ``consumed`` to what this process is done with: with an audit log,
+        the records handed to the OS (what survives a kill -9 here), else everything taken."""
+        ring = self.ring
+        if ring is not None:
+            ring.settle(None if self.audit is None else self.audit.handed_over)
 
     def run(self, data_fd: int) -> None:
         inbox = Inbox(data_fd)
@@ -181,7 +232,10 @@ class _Child:
                     self.apply(dec.decode(f))
                 if not got:
                     break
+            if self.ring is not None:
+                self.pull(final=inbox.eof)
             self.svc.run_side_path()
+            self.settle()
             now = clock()
             if now - last >= self.interval_ns:
                 self.out.flush()
@@ -192,8 +246,128 @@ class _Child:
                         last_full = now
                 last = now
         self.svc.close()
+        self.settle()
         self.out.put(frame(self.enc.encode({**self.status(), "closed": True})))
         os_blocking_flush(self.out)
+
+
+class RingSource:
+    """The serving process's ``DecisionRing`` as this process reads it: records from the ring's
+    ``consumed`` on, decoded into tap entries once the labels they refer to have come
+    (``TABLES``), and the map from local tap positions back to ring positions (a batch is one
+    entry here and ``n`` records there) for moving ``consumed``."""
+
+    def __init__(self, fd: int, engine: Any, latency_from: int | None = None) -> None:
+        from tailguard.observe.latency import StageHistograms
+        from tailguard.observe.ring import RingReader
+
+        self.reader = RingReader(fd)
+        self.position = self.reader.consumed()
+        # The serving process's latency histograms, folded here from ``latency_from`` on (None:
+        # it records none) and sent back as deltas with each status.
+        self.latency_from = latency_from
+        self._hists = (StageHistograms(), StageHistograms())  # single decisions, batches
+        self._sent = [(h._flat.copy(), list(h.sum_ns)) for h in self._hists]
+        self._folded_to = self.position if latency_from is None else max(latency_from, self.position)
+        self._reported_to = -1
+        self.output_names, self.rung_names = engine.output_names, engine.rung_names
+        self.versions: list[str] = []
+        self.priorities: list[str] = []
+        self.spilled: dict[int, bytes] = {}
+        #: (local tap position after an entry, ring position after it), oldest first.
+        self._marks: deque[tuple[int, int]] = deque()
+        self._end = self.position  # ring position after the last entry marked
+        self._pending_ends: deque[int] = deque()  # ring position after each entry taken, not marked
+
+    def learn(self, msg: list[Any]) -> dict[str, str]:
+        """Apply a ``TABLES`` message; returns the new versions' content hashes."""
+        _, v_from, versions, hashes, p_from, priorities, spilled = msg
+        self.versions[v_from:] = versions
+        self.priorities[p_from:] = priorities
+        self.spilled.update(spilled)
+        return dict(hashes or {})
+
+    def take(self, *, final: bool = False, most: int = 4096) -> list[tuple[int, tuple[Any, ...]]]:
+        """``(dropped before it, entry)`` for the next whole decisions, up to ``most`` records:
+        stops before a record whose labels or long key have not come yet (unless ``final``:
+        the serving process is gone, nothing more will come)."""
+        from tailguard.observe.ring import KEY_SPILLED, decode
+
+        rr = self.reader
+        head = rr.head()
+        pos = self.position
+        if head <= pos:
+            return []
+        recs = rr.read(pos, min(head, pos + most))
+        last = recs[-1]
+        if last["batch_rows"] and last["batch_row"] != last["batch_rows"] - 1:  # a batch cut by ``most``
+            recs = recs[: len(recs) - int(last["batch_row"]) - 1]
+        if not final:
+            unknown = (recs["version"] >= len(self.versions)) | (recs["priority"] >= len(self.priorities))
+            long = recs["key_kind"] == KEY_SPILLED
+            if long.any():
+                unknown |= long & ~np.isin(recs["position"], np.fromiter(self.spilled, dtype=np.int64))
+            if unknown.any():
+                k = int(np.argmax(unknown))
+                k -= int(recs["batch_row"][k])  # from the start of its batch
+                recs = recs[:k]
+        if not len(recs):
+            return []
+        self._fold(recs)
+        starts = np.flatnonzero(recs["batch_row"] == 0)
+        gaps = recs["dropped_before"][starts].tolist()
+        ends = (pos + np.append(starts[1:], len(recs))).tolist()
+        entries = decode(recs, self.versions, self.priorities, self.output_names, self.rung_names,
+                         self.spilled)
+        self.position = pos + len(recs)
+        self._pending_ends.extend(ends)
+        return list(zip(gaps, entries, strict=True))
+
+    def _fold(self, recs: np.ndarray) -> None:
+        """Fold the timings of ``recs`` (from ``latency_from`` on) into the histograms: single
+        decisions into the first, each batch once (its row 0) into the second."""
+        if self.latency_from is None:
+            return
+        pos = recs["position"]
+        new = pos >= self._folded_to
+        if new.any():
+            t = recs["timings_ns"].astype(np.int64)
+            single = recs["batch_rows"] == 0
+            self._hists[0].record_array(t[new & single])
+            self._hists[1].record_array(t[new & ~single & (recs["batch_row"] == 0)])
+            self._folded_to = int(pos[-1]) + 1
+
+    def latency_report(self) -> dict[str, Any] | None:
+        """The histograms' growth since the last report, up to ring position ``to`` (None when
+        this process folds no latency or nothing new came)."""
+        if self.latency_from is None or self._folded_to == self._reported_to:
+            return None
+        self._reported_to = self._folded_to
+        one, batch = (h.delta(*sent) for h, sent in zip(self._hists, self._sent, strict=True))
+        return {"to": self._folded_to, "one": one, "batch": batch}
+
+    def mark(self, local_end: int | None) -> None:
+        """The entry just taken ends at local tap position ``local_end`` (None: skipped)."""
+        end = self._pending_ends.popleft() if self._pending_ends else self.position
+        self._end = end
+        if local_end is not None:
+            self._marks.append((local_end, end))
+
+    def settle(self, handed_over: int | None) -> None:
+        """Store ``consumed``: the ring position after the last entry below local position
+        ``handed_over`` (None: after everything taken)."""
+        if handed_over is None:
+            self._marks.clear()
+            self.reader.advance(self._end)
+            return
+        done = None
+        marks = self._marks
+        while marks and marks[0][0] <= handed_over:
+            done = marks.popleft()[1]
+        if done is not None:
+            self.reader.advance(done)
+        elif not marks:  # nothing kept since: skipped duplicates only
+            self.reader.advance(self._end)
 
 
 def _last_stamps(audit: Any) -> set[tuple[int, bytes]]:

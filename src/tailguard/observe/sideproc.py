@@ -3,16 +3,24 @@
 In process, the audit log (~3 µs of encoding and hashing per decision) and the drift monitor
 (~1.5 µs, plus window scoring) run on the serving core between requests, and the next
 decision finds its caches cold: on a 7-20 µs decision that costs more than the work itself
-(docs/observe.md, "Side process").  ``SideProcess`` moves both to a child process
-(``tailguard.observe.sidechild``) that rebuilds the service's ``DecisionTap`` from a pipe
-and runs the very same ``AuditLog`` and ``DriftMonitor`` on it.  What stays on the serving
-core is the tap's one tuple per decision on the reply path and, on the side path, one
-msgpack encoding per run of decisions and one non-blocking ``write``.
+(docs/audit.md, "In a side process").  ``SideProcess`` moves both to a child process
+(``tailguard.observe.sidechild``) that rebuilds the decisions in a ``DecisionTap`` of its own
+and runs the very same ``AuditLog`` and ``DriftMonitor`` on it.  Two transports:
 
-Nothing accepted is lost to a crash of the side process: the export reader *holds* every
-entry in the serving tap until the child acknowledges it — ``ack`` is the position below
-which the audit log has handed every record to the OS, which a kill -9 of the child does not
-undo.  A dead child is restarted (back-off ``restart_backoff_s`` doubling to
+* ``ring`` (``auto`` where the writer compiles): the service's ``DecisionRing``
+  (``tailguard.observe.ring``) in shared memory — a compiled hook copies each decision into a
+  record, the child reads the records and moves the ring's ``consumed`` itself, and also folds
+  the latency histograms, sent back with its status (``LatencyRecorder.merge``).  Nothing per
+  decision is left on the serving core but the hook; labels and long keys go on the pipe
+  (``TABLES``).  A crash of the child loses nothing: ``consumed`` only passes records the audit
+  log has handed to the OS, and the writer never overwrites a record at or above it.
+* ``pipe``: the service's ``DecisionTap`` (one tuple per decision on the reply path) exported
+  on the side path, one msgpack encoding per run of decisions and one non-blocking ``write``.
+
+With the pipe, nothing accepted is lost to a crash of the side process either: the export
+reader *holds* every entry in the serving tap until the child acknowledges it — ``ack`` is
+the position below which the audit log has handed every record to the OS, which a kill -9 of
+the child does not undo.  A dead child is restarted (back-off ``restart_backoff_s`` doubling to
 ``max_backoff_s``) and everything from the last ``ack`` is sent again; the restarted log
 verifies its directory, cuts a torn last entry and continues the chain.  While no child
 runs, decisions wait in the tap; when the tap is full they are counted as dropped and the
@@ -25,7 +33,8 @@ the rest, closes the pipe and waits for the child to close the log with its chec
 Usage: ``SideProcess.attach(service, audit=AuditConfig(...), drift=True)`` — one side task
 on the service (``drain`` exports, ``close`` finishes) plus, with drift, a ``RemoteDrift``
 that the dashboard and ``/metrics`` read like a ``DriftMonitor`` (``drift_scores()``,
-``statistics()``, ``observe_label``).  ``tailguard serve --side-process`` does this.
+``statistics()``, ``observe_label``).  ``tailguard serve`` does this by default where a core
+is to spare (``serve.app.side_process_default``; ``--side-process`` / ``--no-side-process``).
 
 Owner: the service's owner thread (``drain``, ``close``); ``RemoteDrift.observe_label`` from
 any thread (a deque).
@@ -49,6 +58,7 @@ from tailguard.errors import TailguardError
 from tailguard.observe.sidewire import (
     DECISIONS,
     LABELS,
+    TABLES,
     Inbox,
     Outbox,
     decoder,
@@ -59,9 +69,16 @@ from tailguard.observe.sidewire import (
 from tailguard.observe.tap import DECISION, singles
 
 if TYPE_CHECKING:
+    from tailguard.observe.ring import DecisionRing
     from tailguard.service import Service
 
-__all__ = ["AuditConfig", "RemoteDrift", "SideProcess", "SideProcessError"]
+__all__ = ["TRANSPORTS", "AuditConfig", "RemoteDrift", "SideProcess", "SideProcessError"]
+
+#: How decisions reach the side process: ``ring`` — a ``DecisionRing`` in shared memory written by
+#: a compiled reply-path hook, read by the child directly (nothing per decision on this core but
+#: the hook); ``pipe`` — the ``DecisionTap`` here, exported in msgpack frames on the side path;
+#: ``auto`` — the ring when its writer compiles here, else the pipe.
+TRANSPORTS = ("auto", "ring", "pipe")
 
 _F_SETPIPE_SZ = 1031  # fcntl on Linux: a 1 MiB pipe holds ~4,000 decisions
 _RUN = 512  # entries per frame
@@ -103,20 +120,49 @@ class SideProcess:
     """A service's audit log and drift monitor in a child process (see the module docstring)."""
 
     def __init__(self, service: Service, *, audit: AuditConfig | None = None, drift: bool = False,
-                 status_interval_s: float = 0.05, start_timeout_s: float = 60.0, nice: int = 5,
-                 restart_backoff_s: float = 0.1, max_backoff_s: float = 5.0) -> None:
+                 status_interval_s: float | None = None, start_timeout_s: float = 60.0, nice: int = 5,
+                 restart_backoff_s: float = 0.1, max_backoff_s: float = 5.0, transport: str = "auto",
+                 ring_capacity: int = 1 << 14) -> None:
         if audit is None and not drift:
             raise ValueError("a side process needs an audit log or drift (or both)")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown side-process transport {transport!r}; one of {TRANSPORTS}")
         self.service = service
         self.audit, self.drift = audit, drift
-        self.status_interval_s, self.start_timeout_s, self.nice = status_interval_s, start_timeout_s, nice
-        self._status_ns = max(round(status_interval_s * 1e9), 1_000_000)
+        self.start_timeout_s, self.nice = start_timeout_s, nice
         self.backoff_s, self.max_backoff_s = restart_backoff_s, max_backoff_s
         self._backoff = restart_backoff_s
-        tap = service.decision_tap()
-        self._tap = tap
-        self._reader = tap.reader()
-        self._reader.hold = self._reader.position
+        if transport == "auto":
+            from tailguard.observe.ring import compile_writer
+
+            transport = "ring" if compile_writer()[0] is not None else "pipe"
+        self.transport = transport
+        # How often the child reports and this side reads it (a read and a decode with cold caches
+        # on the serving core).  The pipe transport holds every decision until acknowledged there:
+        # 50 ms; with the ring the child moves ``consumed`` itself and the status only carries
+        # figures (drift, audit counters, latency histograms): 250 ms.
+        if status_interval_s is None:
+            status_interval_s = 0.25 if transport == "ring" else 0.05
+        self.status_interval_s = status_interval_s
+        self._status_ns = max(round(status_interval_s * 1e9), 1_000_000)
+        self._check_ns = max(CHECK_NS, self._status_ns)  # a liveness check no more often than that
+        self._ring: DecisionRing | None = None
+        if transport == "ring":
+            ring = service.decision_ring(ring_capacity)
+            self._ring, self._ring_start = ring, ring.head
+            lat = service.latency
+            self._latency = lat if lat is not None and lat.reads_ring else None
+            if self._latency is not None:  # the child folds the timings and sends histograms back
+                self._latency.bind_ring(ring, remote=True)
+            self._ring_reader = ring.reader()
+            self._tables_sent = (0, 0)  # versions, priorities the child has
+            self._ring_figures: tuple[int, int, int] | None = None
+            self._spill_from = 0  # spilled keys from this position on not sent yet
+        else:
+            tap = service.decision_tap()
+            self._tap = tap
+            self._reader = tap.reader()
+            self._reader.hold = self._reader.position
         self._enc, self._dec = encoder(), decoder()
         self._known: dict[str, str] = {}  # version labels sent, with their hashes
         self._missed: deque[tuple[int, int]] = deque()  # (position, drops) sent but not acknowledged
@@ -157,7 +203,7 @@ class SideProcess:
             if self._proc.poll() is not None or self._in.eof or time.monotonic() > end:
                 self._reap()
                 self.closed = True
-                self._tap.remove(self._reader)
+                self._forget()
                 why = self.last_error or ("did not start in time" if time.monotonic() > end else "exited")
                 raise SideProcessError(f"the side process of {self.service.spec.name} failed to start: {why}",
                                        self.latest.get("error", [None])[0])
@@ -170,16 +216,28 @@ class SideProcess:
             import fcntl
 
             fcntl.fcntl(data_w, _F_SETPIPE_SZ, 1 << 20)
-        config = {"service_dir": str(self.service.directory), "data_fd": data_r, "status_fd": status_w,
-                  "start": self._reader.hold, "drift": self.drift,
-                  "status_interval_s": self.status_interval_s,
-                  "audit": None if self.audit is None else asdict(self.audit), "resend": self.starts > 0}
+        config: dict[str, Any] = {
+            "service_dir": str(self.service.directory), "data_fd": data_r, "status_fd": status_w,
+            "drift": self.drift, "status_interval_s": self.status_interval_s,
+            "audit": None if self.audit is None else asdict(self.audit), "resend": self.starts > 0}
+        fds = [data_r, status_w]
+        if self._ring is not None:  # the child reads the ring from where the last one left off
+            config["ring_fd"] = self._ring.fd
+            fds.append(self._ring.fd)
+            if self._latency is not None:
+                # Timings a dead child folded but never reported are gone with it when the ring
+                # let them go (below ``consumed``): counted as dropped, the rest folded anew.
+                self._latency.skip_to(self._ring_reader.consumed())
+                config["latency_from"] = self._latency.ring_position
+            self._tables_sent, self._spill_from = (0, 0), 0  # a new child knows no labels yet
+        else:
+            config["start"] = self._reader.hold
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         config["nice"] = self.nice
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tailguard.observe.sidechild", json.dumps(config)],
-                pass_fds=(data_r, status_w), stdin=subprocess.DEVNULL, env=env)
+                pass_fds=fds, stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(data_r)
             os.close(status_w)
@@ -200,6 +258,8 @@ class SideProcess:
                     os.close(end.fd)
         self._proc = self._out = self._in = None
         self.ready = False
+        if self._ring is not None:  # the next child reads the ring from ``consumed`` on its own
+            return
         r = self._reader
         assert r.hold is not None
         r.position = r.hold  # everything not acknowledged goes again, with the gaps before it
@@ -211,7 +271,7 @@ class SideProcess:
         now = time.monotonic_ns()
         if proc is not None and (now < self._check_at or proc.poll() is None):
             if now >= self._check_at:  # a waitpid costs a syscall: at most every CHECK_NS
-                self._check_at = now + CHECK_NS
+                self._check_at = now + self._check_ns
             return True
         if proc is not None:  # it died: count, then restart after the back-off
             self._reap()
@@ -235,14 +295,19 @@ class SideProcess:
         if t >= self._status_at:  # the child reports every status_interval_s: no sooner (a read
             self._status_at = t + self._status_ns  # costs a syscall, tens of µs with cold caches)
             self._read_status()
-        out, r = self._out, self._reader
+        out = self._out
         assert out is not None
         try:
             if not out.flush():
                 return 0
+            if self._ring is not None:
+                self._send_tables(out)
             if self.labels:
                 batch = [self.labels.popleft() for _ in range(len(self.labels))]
                 out.put(frame(self._enc.encode([LABELS, batch])))
+            if self._ring is not None:  # the decisions are in the ring: the child reads them
+                return 0
+            r = self._reader
             n = 0
             while True:
                 run = r.run(_RUN)
@@ -267,6 +332,46 @@ class SideProcess:
             return 0
         self.sent += n
         return n
+
+    def _send_tables(self, out: Outbox) -> None:
+        """Send the ring's labels and long keys the child does not have yet (``TABLES``)."""
+        ring = self._ring
+        assert ring is not None
+        nv, npr = self._tables_sent
+        versions, priorities = ring.versions, ring.priorities
+        spilled = ring.spilled
+        fresh = {p: b for p, b in spilled.items() if p >= self._spill_from} if spilled else {}
+        if nv == len(versions) and npr == len(priorities) and not fresh:
+            return
+        new_versions = list(versions[nv:])
+        hashes: dict[str, str] = {}
+        if new_versions:
+            from tailguard.audit.log import model_hashes
+
+            known = model_hashes(self.service.engine)
+            hashes = {v: known.get(v, "") for v in new_versions}
+        out.put(frame(self._enc.encode([TABLES, nv, new_versions, hashes, npr, list(priorities[npr:]),
+                                        fresh])))
+        self._tables_sent = (len(versions), len(priorities))
+        self._spill_from = ring.head
+
+    def _forget(self) -> None:
+        """Stop holding decisions for a child that will not read them (the ring leaves the
+        engine: with no reader it would only fill up)."""
+        if self._ring is None:
+            self._tap.remove(self._reader)
+        else:
+            self._ring_figures = self._ring_now()  # what ``statistics`` reports from now on
+            self._ring_reader.close()
+            self.service.release_ring()
+
+    def _ring_now(self) -> tuple[int, int, int]:
+        """The ring's head, consumed and dropped (the last ones once it is released)."""
+        if self._ring_figures is not None:
+            return self._ring_figures
+        ring = self._ring
+        assert ring is not None
+        return ring.head, self._ring_reader.consumed(), ring.dropped
 
     def _new_hashes(self, run: list[Any]) -> dict[str, str] | None:
         known = self._known
@@ -296,9 +401,14 @@ class SideProcess:
                 self.failed_starts += 1
             if "ack" in msg:
                 self._acknowledge(int(msg["ack"]))
+            lat = msg.pop("latency", None)
+            if lat is not None and self._ring is not None and self._latency is not None:
+                self._latency.merge(lat)
             self.latest.update(msg)
 
     def _acknowledge(self, ack: int) -> None:
+        if self._ring is not None:  # the child moves the ring's ``consumed`` itself
+            return
         r = self._reader
         if r.hold is not None and ack > r.hold:
             r.hold = min(ack, r.position)
@@ -320,7 +430,7 @@ class SideProcess:
             self.drain(None)
             out = self._out
             assert out is not None
-            if self._reader.pending() == 0 and out.flush():
+            if (self._ring is not None or self._reader.pending() == 0) and out.flush():
                 break
             select.select([], [out.fd], [], 0.05)
         self.closed = True
@@ -340,17 +450,26 @@ class SideProcess:
             self._in = None
         if self.latest.get("ack") is not None:
             self._acknowledge(int(self.latest["ack"]))
-        self._tap.remove(self._reader)
+        self._forget()
 
     # -- what the dashboard and the metrics read -------------------------------------------------
     def statistics(self) -> dict[str, Any]:
         """Counters of the export and the child's last status."""
-        r = self._reader
-        return {"running": self._proc is not None and self._proc.poll() is None, "ready": self.ready,
-                "starts": self.starts, "restarts": self.restarts, "failed_starts": self.failed_starts,
-                "frames": self.frames, "sent": self.sent, "unacknowledged": r.position - (r.hold or 0),
-                "queued": r.pending(), "pid": None if self._proc is None else self._proc.pid,
-                "last_error": self.last_error, "audit": self.latest.get("audit", {})}
+        out = {"running": self._proc is not None and self._proc.poll() is None, "ready": self.ready,
+               "starts": self.starts, "restarts": self.restarts, "failed_starts": self.failed_starts,
+               "frames": self.frames, "transport": self.transport,
+               "pid": None if self._proc is None else self._proc.pid,
+               "last_error": self.last_error, "audit": self.latest.get("audit", {})}
+        ring = self._ring
+        if ring is not None:
+            head, done, dropped = self._ring_now()
+            out.update(sent=head - self._ring_start, unacknowledged=head - done, queued=head - done,
+                       ring_dropped=dropped, ring_capacity=ring.capacity, compiled=ring.compiled,
+                       fallback_reason=ring.fallback_reason)
+        else:
+            r = self._reader
+            out.update(sent=self.sent, unacknowledged=r.position - (r.hold or 0), queued=r.pending())
+        return out
 
 
 class RemoteDrift:

@@ -18,6 +18,14 @@ Main → side (``data`` pipe), each frame a msgpack array whose first item is it
                     list, or one ``bytes`` of the rows joined (features, written, outputs) —
                     what a serving process sends in the common case: building it costs ~0.5 µs
                     per decision against ~1.5-3 for a map per decision (``DECISIONS``).
+``TABLES``          ``[3, versions_from, versions, hashes, priorities_from, priorities, spilled]``:
+                    with the ring transport (decisions in a ``tailguard.observe.ring``
+                    ``DecisionRing`` in shared memory, not on this pipe), the labels behind the
+                    records' ids that the side process has not been sent yet — model version
+                    labels from index ``versions_from`` (with their content hashes), priority
+                    names from ``priorities_from`` — and keys too long for a record
+                    (``{position: msgpack bytes}``).  Sent after a (re)start and whenever the
+                    ring's tables grew.
 ==================  ============================================================================
 
 Side → main (``status`` pipe): msgpack maps — ``{"ready": true}`` once the side process is
@@ -44,10 +52,10 @@ import numpy as np
 
 from tailguard.decision import BatchDecision, Decision
 
-__all__ = ["ARRAY", "DECISIONS", "LABELS", "SINGLES", "Inbox", "Outbox", "decode_decision", "decoder",
-           "encoder", "frame", "singles_entries", "singles_frame"]
+__all__ = ["ARRAY", "DECISIONS", "LABELS", "SINGLES", "TABLES", "Inbox", "Outbox", "decode_decision",
+           "decoder", "encoder", "frame", "singles_entries", "singles_frame"]
 
-DECISIONS, LABELS, SINGLES = 0, 1, 2
+DECISIONS, LABELS, SINGLES, TABLES = 0, 1, 2, 3
 ARRAY = 1  # msgpack extension code of a numpy array
 _LEN = struct.Struct("<I")
 #: Largest frame either end accepts (a frame of decisions is one side-path slice's worth).

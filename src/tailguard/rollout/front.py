@@ -102,11 +102,14 @@ class Rollout:
             clock=eng.clock, remote=eng.remote,
         )
         # The latency recorder sees candidate decisions as they are; the shared decision tap (audit
-        # log, drift) through a feed that copies the candidate engine's own rows.  Other hooks
-        # (copying from the stable engine's buffers) would record the wrong rows: left out.
+        # log, drift) and a side process's ring through feeds that copy the candidate engine's own
+        # rows.  Other hooks (copying from the stable engine's buffers) would record the wrong
+        # rows: left out.
         hooks: list[Any] = [h for h in eng.hooks if h is service.latency]
         if service.tap is not None:
             hooks.append(service.tap.feed(self.candidate_engine))
+        if service.ring is not None:  # a side process's ring (tailguard.observe.ring), the same way
+            hooks.append(service.ring.feed(self.candidate_engine))
         self.candidate_engine.set_hooks(hooks)
         self.clock = eng.clock
         self.window = GuardWindow(self.rung_index, window_capacity)

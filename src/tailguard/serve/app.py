@@ -103,9 +103,13 @@ class ServeConfig:
     #: Copy each worker's audit log to this NATS server's JetStream (``tailguard.audit.offbox``).
     audit_nats: str | None = None
     audit_nats_stream: str = "TAILGUARD_AUDIT"
-    #: Run the audit log and the drift monitor in a side process per worker
-    #: (``tailguard.observe.sideproc``): their work leaves the serving core.
-    side_process: bool = False
+    #: Run the audit log, the drift monitor and the latency folds in a side process per worker
+    #: (``tailguard.observe.sideproc``): their work leaves the serving core.  None (the default):
+    #: yes when the audit log or drift is on, the ring's writer compiles here and there is a
+    #: core per worker to spare (``side_process_default``); True/False force it.
+    side_process: bool | None = None
+    #: How decisions reach it (``SideProcess`` transports: ``auto``, ``ring``, ``pipe``).
+    side_transport: str = "auto"
     #: Micro-batches smaller than this run as one engine call per request (a batch call has
     #: a fixed cost: about 50 µs against 10 µs per single call for the trading example).
     min_batch_call: int = 6
@@ -155,6 +159,21 @@ def adopt_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
 #: The side-path timer skips its work when an idle slice ran this recently (ns).
 _SLICE_RECENT_NS = 50_000_000
 
+
+
+def side_process_default(workers: int) -> bool:
+    """Whether a side process runs the side path when nothing says: only where it pays — the
+    ring's compiled writer loads here (``tailguard.observe.ring``) and this process may use more
+    cores than there are workers (each worker's side process gets one to itself)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if cores <= max(workers, 1):
+        return False
+    from tailguard.observe.ring import compile_writer
+
+    return compile_writer()[0] is not None
 
 class SidePathGC:
     """The cyclic garbage collector, moved off the reply path.
@@ -242,7 +261,10 @@ class App:
         self.drift: DriftMonitor | RemoteDrift | None = None
         self.side_process: SideProcess | None = None
         audited = bool(config.audit_dir and config.audit_key_file)
-        if config.side_process and (audited or service.spec.drift.enabled):
+        wanted = config.side_process
+        if wanted is None:
+            wanted = side_process_default(config.workers)
+        if wanted and (audited or service.spec.drift.enabled):
             self._start_side_process(service, config)
         elif config.audit_dir and config.audit_key_file:
             from tailguard.audit.admin import open_log
@@ -321,7 +343,8 @@ class App:
                                 keep_segments=config.audit_keep_segments, nats=config.audit_nats,
                                 nats_stream=config.audit_nats_stream,
                                 options={"fsync_interval_s": config.audit_fsync_s})
-        self.side_process = SideProcess.attach(service, audit=audit, drift=service.spec.drift.enabled)
+        self.side_process = SideProcess.attach(service, audit=audit, drift=service.spec.drift.enabled,
+                                               transport=config.side_transport)
         self.drift = next((t for t in service.side_tasks if isinstance(t, RemoteDrift)), None)
 
     def trace(self, exporter: Any) -> Tracer:
