@@ -399,10 +399,14 @@ def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
 
 
 def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path) -> dict[str, Any]:
+    from tailguard.observe.prometheus import render
     from tailguard.serve.app import SidePathGC
 
     names = list(SERIES if not args.no_breakdown else SERIES[:4])
     svc, configs = build_configs(names, drift, workdir, args.side_transport)
+    # One rendering now, as the server renders /metrics once before it serves: the first scrape
+    # would otherwise pay prometheus_client's import (20-40 ms) inside whichever series is first.
+    render(svc)
     services = [svc]
     feed = Feed(args.seed)
     feed.apply(services, 5000)
