@@ -122,7 +122,7 @@ class SideProcess:
     def __init__(self, service: Service, *, audit: AuditConfig | None = None, drift: bool = False,
                  status_interval_s: float | None = None, start_timeout_s: float = 60.0, nice: int = 5,
                  restart_backoff_s: float = 0.1, max_backoff_s: float = 5.0, transport: str = "auto",
-                 ring_capacity: int = 1 << 14) -> None:
+                 ring_capacity: int = 1 << 14, batch_interval_s: float | None = None) -> None:
         if audit is None and not drift:
             raise ValueError("a side process needs an audit log or drift (or both)")
         if transport not in TRANSPORTS:
@@ -130,6 +130,8 @@ class SideProcess:
         self.service = service
         self.audit, self.drift = audit, drift
         self.start_timeout_s, self.nice = start_timeout_s, nice
+        #: With the ring: how often the child takes the records (``sidechild.BATCH_S`` if None).
+        self.batch_interval_s = batch_interval_s
         self.backoff_s, self.max_backoff_s = restart_backoff_s, max_backoff_s
         self._backoff = restart_backoff_s
         if transport == "auto":
@@ -224,6 +226,8 @@ class SideProcess:
         if self._ring is not None:  # the child reads the ring from where the last one left off
             config["ring_fd"] = self._ring.fd
             fds.append(self._ring.fd)
+            if self.batch_interval_s is not None:
+                config["batch_interval_s"] = self.batch_interval_s
             if self._latency is not None:
                 # Timings a dead child folded but never reported are gone with it when the ring
                 # let them go (below ``consumed``): counted as dropped, the rest folded anew.
