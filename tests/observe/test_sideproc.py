@@ -265,6 +265,38 @@ def test_long_keys_new_labels_and_gaps_reach_the_log_through_the_ring(
     assert report.dropped == dropped  # the gap is in the chain
 
 
+@ring_only
+def test_the_child_takes_the_ring_in_batches_and_sooner_when_it_fills(
+        service: Service, audit_cfg: AuditConfig) -> None:
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, ring_capacity=64,
+                            batch_interval_s=3600.0)  # never by time: only at a quarter full (16)
+    try:
+        for i in range(10):
+            service.engine.predict(f"b{i}", CTX)
+        seen = sp.statuses
+        until(lambda: sp.statuses >= seen + 5, service.run_side_path)  # five reports later...
+        assert sp.latest["received"] == 0 and sp.statistics()["queued"] == 10  # ...still waiting
+        for i in range(10, 20):
+            service.engine.predict(f"b{i}", CTX)
+        until(lambda: sp.latest.get("audit", {}).get("written") == 20, service.run_side_path)
+    finally:
+        service.close()
+    assert [r.keys for r in records(Path(audit_cfg.directory))] == [f"b{i}" for i in range(20)]
+
+
+@ring_only
+def test_an_fsync_per_record_takes_every_record_at_once(service: Service, tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    new_key(key)
+    cfg = AuditConfig(str(tmp_path / "audit"), str(key), options={"fsync_interval_s": 0.0})
+    sp = SideProcess.attach(service, audit=cfg, status_interval_s=0.01, batch_interval_s=3600.0)
+    try:
+        service.engine.predict("one", CTX)
+        until(lambda: sp.latest.get("audit", {}).get("written") == 1, service.run_side_path)
+    finally:
+        service.close()
+
+
 # -- the wire -------------------------------------------------------------------------------------
 def test_single_decisions_travel_as_columns_bit_for_bit(service: Service) -> None:
     tap = DecisionTap(service.engine, 64)

@@ -237,8 +237,9 @@ class _Child:
     def run(self, data_fd: int) -> None:
         inbox = Inbox(data_fd)
         dec = decoder()
-        last = last_full = last_batch = 0
+        last = last_full = 0
         clock = time.monotonic_ns
+        last_batch = clock()
         while not inbox.eof:
             # A timed nap, not a wait on the pipe: a wait would be woken by every write of the
             # serving process, and the kernel tends to run the woken reader on the writer's

@@ -179,6 +179,7 @@ class SideProcess:
         #: The child's latest status (``ack``, ``drift_scores``, ``drift``, ``audit``...).
         self.latest: dict[str, Any] = {}
         self.starts = self.restarts = self.failed_starts = self.frames = self.sent = 0
+        self.statuses = 0  # messages read from the child
         self.last_error = ""
 
     @classmethod
@@ -396,6 +397,7 @@ class SideProcess:
         inbox.read_all()
         for f in inbox.frames():
             msg = self._dec.decode(f)
+            self.statuses += 1
             if msg.get("ready"):
                 self.ready = True
                 self._backoff = self.backoff_s
