@@ -27,7 +27,7 @@ from toyservice import CTX, feed
 
 from tailguard import Service, load_service
 from tailguard.decision import BatchDecision, Decision, Flag
-from tailguard.observe import ring as ringmod
+from tailguard.observe import ringbuild
 from tailguard.observe.ring import DecisionRing, RingLayout, RingReader, compile_writer
 from tailguard.observe.tap import DecisionTap
 
@@ -328,14 +328,14 @@ def test_processes_compiling_at_once_all_get_the_writer(tmp_path: Path) -> None:
 def test_a_compiler_failure_falls_back_with_the_reason(service: Service, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAILGUARD_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(ringmod, "_compiler", lambda: None)
+    monkeypatch.setattr(ringbuild, "_compiler", lambda: None)
     r = DecisionRing(service.engine, 8)
     assert not r.compiled and r.fallback_reason.startswith("no C compiler")
-    monkeypatch.setattr(ringmod, "_compiler", lambda: ["false"])
-    ringmod._compiled.clear()
+    monkeypatch.setattr(ringbuild, "_compiler", lambda: ["false"])
+    ringbuild._compiled.clear()
     r = DecisionRing(service.engine, 8)
     assert not r.compiled and "failed" in r.fallback_reason
-    ringmod._compiled.clear()
+    ringbuild._compiled.clear()
 
 
 def test_the_layout_is_as_documented() -> None:

@@ -64,12 +64,16 @@ Record (``RingLayout.record``; K = key_bytes, k = n_outputs, W = width, V = n_vi
 A batch of n rows is n consecutive records published together (or dropped together); its
 feature rows and write times come from ``engine.last_features(n)`` / ``last_written_ns(n)``.
 
-Reader (``RingReader``, any process that maps the fd): ``head()``, ``records(start, stop)``
+Reader (``RingReader``, ``ringread``; any process that maps the fd): ``head()``, ``records(start, stop)``
 (a view of the contiguous run from ``start``; callers loop at the ring's end), ``read`` (a copy
 across the end), ``advance(to)`` and ``decode`` into entries shaped like ``DecisionTap``'s
 ``(decision, features_bytes, written_bytes, filled_ns, rows)``.  Keys come back as they went
 in (a msgpack list at the top level becomes a tuple again); a batch's keys come back as a
 list of row keys (a mapping of key sequences becomes a list of per-row mappings).
+
+This module is the writer; the layout's constants and record dtype are in
+``tailguard.observe.ringlayout``, the reader in ``tailguard.observe.ringread`` and the compiling
+of the C writer in ``tailguard.observe.ringbuild`` — all re-exported here.
 
 Owner: the writer is the engine's thread; the reader one other thread or process.
 """
@@ -77,22 +81,12 @@ Owner: the writer is the engine's thread; the reader one other thread or process
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.machinery
-import importlib.util
 import mmap
 import operator
 import os
-import shlex
-import shutil
 import struct
-import subprocess
-import sysconfig
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
-from pathlib import Path
-from types import ModuleType
 from typing import IO, Any
 
 import msgspec
@@ -100,56 +94,30 @@ import numpy as np
 
 from tailguard.decision import BatchDecision, Decision
 from tailguard.engine import Engine
+from tailguard.observe.ringbuild import compile_writer
+from tailguard.observe.ringlayout import (
+    _CONSUMED,
+    _DROPPED,
+    _HEAD,
+    _PENDING,
+    HEADER_BYTES,
+    KEY_INT,
+    KEY_MSGPACK,
+    KEY_SPILLED,
+    KEY_STR,
+    MAGIC,
+    RingLayout,
+)
+from tailguard.observe.ringread import RingReader, decode
 
-__all__ = ["HEADER_BYTES", "MAGIC", "DecisionRing", "RingFeed", "RingLayout", "RingReader", "compile_writer"]
+__all__ = ["HEADER_BYTES", "KEY_INT", "KEY_MSGPACK", "KEY_SPILLED", "KEY_STR", "MAGIC", "DecisionRing",
+           "RingFeed", "RingLayout", "RingReader", "compile_writer", "decode"]
 
-MAGIC = b"TGRING01"
-HEADER_BYTES = 256
-KEY_STR, KEY_INT, KEY_MSGPACK, KEY_SPILLED = range(4)
-# Header slots (u64 index).
-_CAP, _REC, _WIDTH, _VIEWS, _OUTS, _KEYB = range(1, 7)
-_HEAD, _PENDING, _CONSUMED, _DROPPED = 8, 9, 16, 24
 _HEAD_FIELDS, _TIMINGS = struct.Struct("<qq"), struct.Struct("<5q")  # bytes 0..16, 16..56 of a record
 _TAIL_FIELDS = struct.Struct("<qhHHHBxxxIII")  # bytes 56..88
 _U64 = (1 << 64) - 1
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _MAX_ID = 0xFFFF
-
-
-def _align8(n: int) -> int:
-    return (n + 7) & ~7
-
-
-class RingLayout:
-    """The record dtype for ``width`` features, ``n_views`` write times and ``n_outputs``
-    outputs a decision, keys of up to ``key_bytes`` bytes inline (see the module docstring)."""
-
-    def __init__(self, width: int, n_views: int, n_outputs: int, key_bytes: int = 64) -> None:
-        if min(width, n_views, n_outputs) < 0 or not 8 <= key_bytes <= 0xFFFF:
-            raise ValueError(f"bad ring layout: width={width} n_views={n_views} n_outputs={n_outputs} "
-                             f"key_bytes={key_bytes}")
-        self.width, self.n_views, self.n_outputs, self.key_bytes = width, n_views, n_outputs, key_bytes
-        self.o_key = 88
-        self.o_outputs = _align8(88 + key_bytes)
-        self.o_features = self.o_outputs + 8 * n_outputs
-        self.o_written = _align8(self.o_features + 4 * width)
-        self.itemsize = self.o_written + 8 * n_views
-        fields: list[tuple[str, Any, int]] = [
-            ("position", "<i8", 0), ("filled_ns", "<i8", 8), ("timings_ns", ("<i8", (5,)), 16),
-            ("flags", "<i8", 56), ("rung_index", "<i2", 64), ("version", "<u2", 66),
-            ("priority", "<u2", 68), ("key_len", "<u2", 70), ("key_kind", "u1", 72),
-            ("batch_rows", "<u4", 76), ("batch_row", "<u4", 80), ("dropped_before", "<u4", 84),
-            ("key", ("u1", (key_bytes,)), 88), ("outputs", ("<f8", (n_outputs,)), self.o_outputs),
-            ("features", ("<f4", (width,)), self.o_features),
-            ("written", ("<i8", (n_views,)), self.o_written),
-        ]
-        self.record: np.dtype[Any] = np.dtype({
-            "names": [f[0] for f in fields], "formats": [f[1] for f in fields],
-            "offsets": [f[2] for f in fields], "itemsize": self.itemsize})
-
-    def numbers(self) -> tuple[int, int, int, int, int]:
-        """Record size, width, n_views, n_outputs, key_bytes (as the header stores them)."""
-        return self.itemsize, self.width, self.n_views, self.n_outputs, self.key_bytes
 
 
 # -- keys ---------------------------------------------------------------------------------------------
@@ -158,11 +126,12 @@ def _enc_hook(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
+    # msgspec's enc_hook protocol: NotImplementedError means "not a type this hook converts"
+    # (``_encode_other`` then records the key's repr).
     raise NotImplementedError(type(obj).__name__)
 
 
 _ENC = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
-_DEC = msgspec.msgpack.Decoder()
 
 
 def _encode_other(key: Any) -> bytes:
@@ -224,12 +193,10 @@ class _Tables:
         """(kind, bytes for the record, key_len) of a key the fast path does not take."""
         kb = self.key_bytes
         if type(key) is str:
-            try:
+            with contextlib.suppress(UnicodeEncodeError):  # lone surrogates: msgpack below
                 b = key.encode()
                 if len(b) <= kb:
                     return KEY_STR, b, len(b)
-            except UnicodeEncodeError:
-                pass
         elif type(key) is int and _I64_MIN <= key <= _I64_MAX:
             return KEY_INT, key.to_bytes(8, "little", signed=True), 8
         b = _encode_other(key)
@@ -368,99 +335,6 @@ class _PyWriter:
         if self._q is not None:
             self._q.release()
         self._q = self._buf = None
-
-
-# -- compiling the C writer -----------------------------------------------------------------------------
-_compiled: dict[str, tuple[ModuleType | None, str]] = {}
-
-
-def cache_dir() -> Path:
-    """Where compiled writers are kept."""
-    env = os.environ.get("TAILGUARD_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "tailguard"
-
-
-def _compiler() -> list[str] | None:
-    cc = shlex.split(str(sysconfig.get_config_var("CC") or ""))
-    if cc and shutil.which(cc[0]):
-        return cc
-    for name in ("cc", "gcc", "clang"):
-        if shutil.which(name):
-            return [name]
-    return None
-
-
-def compile_writer() -> tuple[ModuleType | None, str]:
-    """The compiled ``_ringwriter`` module (compiled into the cache at first use), or None and
-    why it is not available."""
-    if os.environ.get("TAILGUARD_NO_COMPILE", "") not in ("", "0"):
-        return None, "TAILGUARD_NO_COMPILE is set"
-    try:
-        source = resources.files("tailguard.observe").joinpath("_ringwriter.c").read_bytes()
-    except OSError as e:
-        return None, f"cannot read _ringwriter.c: {e}"
-    suffix = str(sysconfig.get_config_var("EXT_SUFFIX") or ".so")
-    flags = _numpy_flags()
-    digest = hashlib.sha256(source + suffix.encode() + " ".join(flags).encode()).hexdigest()[:16]
-    directory = cache_dir()
-    path = directory / f"_ringwriter-{digest}{suffix}"
-    memo = _compiled.get(str(path))
-    if memo is not None:
-        return memo
-    result = _build_and_load(source, path, directory, flags)
-    _compiled[str(path)] = result
-    return result
-
-
-def _numpy_flags() -> list[str]:
-    """Compiler flags for numpy's array struct (the outputs' fast path), with its version: the
-    struct is read directly, so a writer is compiled per numpy version.  None without headers."""
-    include = Path(np.get_include())
-    if not (include / "numpy" / "ndarraytypes.h").exists():
-        return []
-    return ["-DTG_NUMPY", f"-DTG_NUMPY_VERSION={np.__version__}", f"-I{include}"]
-
-
-def _build_and_load(source: bytes, path: Path, directory: Path,
-                    flags: list[str]) -> tuple[ModuleType | None, str]:
-    if not path.exists():
-        cc = _compiler()
-        if cc is None:
-            return None, "no C compiler found (CC, cc, gcc, clang)"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, src = tempfile.mkstemp(suffix=".c", prefix="_ringwriter-", dir=directory)
-            with os.fdopen(fd, "wb") as f:
-                f.write(source)
-            tmp = f"{src[:-2]}.tmp{path.suffix}"
-            try:
-                include = sysconfig.get_paths()["include"]
-                cmd = [*cc, "-O2", "-shared", "-fPIC", f"-I{include}", *flags, src, "-o", tmp]
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-                if r.returncode != 0:
-                    last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
-                    return None, f"compiling _ringwriter.c failed ({r.returncode}): {last[0]}"
-                os.replace(tmp, path)  # atomic: a concurrent compile replaces it with the same bytes
-            finally:
-                for p in (src, tmp):
-                    if os.path.exists(p):
-                        os.unlink(p)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"compiling _ringwriter.c failed: {e}"
-    try:
-        name = "tailguard.observe._ringwriter"
-        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-        if spec is None:
-            return None, f"cannot load {path}"
-        module = importlib.util.module_from_spec(spec)
-        loader.exec_module(module)
-    except Exception as e:  # ImportError, OSError: a broken cache file, another ABI
-        return None, f"loading {path} failed: {e}"
-    return module, ""
 
 
 # -- shared memory -------------------------------------------------------------------------------------
@@ -665,156 +539,3 @@ def _row_keys(keys: Any, n: int) -> list[Any]:
     return list(keys)
 
 
-# -- reader ---------------------------------------------------------------------------------------------
-class RingReader:
-    """The reading side of a ring: a file descriptor (mapped here) or a buffer (an ``mmap``)."""
-
-    def __init__(self, source: int | Any) -> None:
-        self._mm: mmap.mmap | None = None
-        if isinstance(source, int):
-            size = os.fstat(source).st_size
-            if size < HEADER_BYTES:
-                raise ValueError(f"not a decision ring: {size} bytes")
-            self._mm = buf = mmap.mmap(source, size)
-        else:
-            buf = source
-        raw = np.frombuffer(buf, dtype=np.uint8)
-        if raw.size < HEADER_BYTES or raw[:8].tobytes() != MAGIC:
-            raise ValueError(f"not a decision ring (magic {raw[:8].tobytes()!r}, expected {MAGIC!r})")
-        hdr = np.frombuffer(buf, dtype=np.uint64, count=HEADER_BYTES // 8)
-        cap, rec, width, views, outs, keyb = (int(x) for x in hdr[_CAP:_KEYB + 1])
-        try:
-            lay = RingLayout(width, views, outs, keyb)
-        except ValueError as e:
-            raise ValueError(f"decision ring header mismatch: {e}") from None
-        if cap <= 0 or cap & (cap - 1) or rec != lay.itemsize or raw.size < HEADER_BYTES + cap * rec:
-            raise ValueError(f"decision ring header mismatch: capacity {cap}, record size {rec} (layout "
-                             f"{lay.itemsize}), {raw.size} bytes")
-        self.layout, self.capacity = lay, cap
-        self._hdr = hdr
-        self._recs = np.frombuffer(buf, dtype=lay.record, count=cap, offset=HEADER_BYTES)
-
-    def head(self) -> int:
-        """The writer's next position: every record below it is complete."""
-        return int(self._hdr[_HEAD])
-
-    def consumed(self) -> int:
-        """The position below which this reader is done."""
-        return int(self._hdr[_CONSUMED])
-
-    def dropped(self) -> int:
-        """Decisions the writer dropped (ring full)."""
-        return int(self._hdr[_DROPPED])
-
-    def pending_drops(self) -> int:
-        """Decisions dropped since the last written record (the next record will carry them):
-        what a reader that will see no further record (the writer is gone) adds at the end."""
-        return int(self._hdr[_PENDING])
-
-    def records(self, start: int, stop: int) -> np.ndarray:
-        """Records ``start`` .. ``stop`` as a view into the ring, cut at the ring's end (callers
-        loop); valid until ``advance`` lets the writer reuse their slots."""
-        i = start & (self.capacity - 1)
-        n = max(0, min(stop - start, self.capacity - i))
-        return self._recs[i:i + n]
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """A copy of records ``start`` .. ``stop`` (across the ring's end)."""
-        parts = []
-        while start < stop:
-            r = self.records(start, stop)
-            parts.append(r.copy())
-            start += len(r)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.layout.record)
-
-    def advance(self, to: int) -> None:
-        """Tell the writer every record below ``to`` is done with (its slots may be reused)."""
-        self._hdr[_CONSUMED] = to
-
-    def decode(self, records: np.ndarray, versions: Sequence[str], priorities: Sequence[str],
-               output_names: Sequence[str], rung_names: Sequence[str],
-               spilled: Mapping[int, bytes] | None = None) -> list[tuple[Any, ...]]:
-        """``DecisionTap``-shaped entries of ``records`` (whole batches only)."""
-        return decode(records, versions, priorities, output_names, rung_names, spilled)
-
-    def close(self) -> None:
-        """Unmap (a fd given to the constructor stays open)."""
-        if self._mm is not None:
-            del self._hdr, self._recs
-            with contextlib.suppress(BufferError):
-                self._mm.close()
-
-
-def _key_of(r: np.void, spilled: Mapping[int, bytes] | None) -> Any:
-    kind, n = int(r["key_kind"]), int(r["key_len"])
-    raw = r["key"].tobytes()
-    try:
-        if kind == KEY_STR:
-            return raw[:n].decode()
-        if kind == KEY_INT:
-            return int.from_bytes(raw[:8], "little", signed=True)
-        b = raw[:n] if kind == KEY_MSGPACK else None if spilled is None else spilled.get(int(r["position"]))
-        if b is None:
-            return None
-        k = _DEC.decode(b)
-        return tuple(k) if isinstance(k, list) else k
-    except (UnicodeDecodeError, msgspec.DecodeError):
-        return None
-
-
-def _label(table: Sequence[str], i: int) -> str:
-    return table[i] if i < len(table) else ""
-
-
-def decode(records: np.ndarray, versions: Sequence[str], priorities: Sequence[str],
-           output_names: Sequence[str], rung_names: Sequence[str],
-           spilled: Mapping[int, bytes] | None = None) -> list[tuple[Any, ...]]:
-    """Entries ``(decision, features_bytes, written_bytes, filled_ns, rows)`` of ``records`` —
-    ``rows`` 0 for a single decision, n for a batch rebuilt from its n records; ``ValueError``
-    when a batch is cut (read whole runs: ``RingReader.read(start, head)``)."""
-    names, rungs = tuple(output_names), tuple(rung_names)
-    out: list[tuple[Any, ...]] = []
-    i, n = 0, len(records)
-    if not n:
-        return out
-    # Whole columns at once (a few C-level passes), then plain Python objects per record: a
-    # side process decodes every decision, and numpy scalar access per field cost it ~3x more.
-    batch_rows = records["batch_rows"].tolist()
-    all_timings = records["timings_ns"].tolist()
-    vids, pids = records["version"].tolist(), records["priority"].tolist()
-    rung_ix, flag_col, filled_col = records["rung_index"].tolist(), records["flags"].tolist(), \
-        records["filled_ns"].tolist()
-    kinds, klens = records["key_kind"].tolist(), records["key_len"].tolist()
-    feats = np.ascontiguousarray(records["features"]).tobytes()
-    written = np.ascontiguousarray(records["written"]).tobytes()
-    keys = np.ascontiguousarray(records["key"]).tobytes()
-    outputs = np.ascontiguousarray(records["outputs"], dtype=np.float64).reshape(n, -1)
-    fw, ww, kw = len(feats) // n, len(written) // n, len(keys) // n
-    while i < n:
-        rows = batch_rows[i]
-        timings = tuple(all_timings[i])
-        version, priority = _label(versions, vids[i]), _label(priorities, pids[i])
-        if rows == 0:
-            ri = rung_ix[i]
-            if kinds[i] == KEY_STR:
-                try:
-                    key: Any = keys[i * kw:i * kw + klens[i]].decode()
-                except UnicodeDecodeError:
-                    key = None
-            else:
-                key = _key_of(records[i], spilled)
-            d = Decision(key, outputs[i].copy(), names, version, rungs[ri] if 0 <= ri < len(rungs) else "",
-                         ri, flag_col[i], priority, timings)
-            out.append((d, feats[i * fw:(i + 1) * fw], written[i * ww:(i + 1) * ww], filled_col[i], 0))
-            i += 1
-            continue
-        r = records[i]
-        g = records[i:i + rows]
-        if len(g) < rows or not np.array_equal(g["batch_row"], np.arange(rows)) \
-                or not (g["batch_rows"] == rows).all():
-            raise ValueError(f"incomplete batch at position {int(r['position'])}: read whole runs")
-        bd = BatchDecision([_key_of(x, spilled) for x in g], g["outputs"].copy(), names, version, rungs,
-                           g["rung_index"].astype(np.int8), g["flags"].astype(np.uint8), priority, timings)
-        out.append((bd, g["features"].tobytes(), g["written"].tobytes(), int(r["filled_ns"]), rows))
-        i += rows
-    return out
