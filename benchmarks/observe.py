@@ -16,7 +16,15 @@ when the example's own are missing or stale):
    ``--scrape-s`` (in steps between requests, as the server answers a scrape) here; ``on``:
    the same side paths all in this process (the latency recorder and one ``DecisionTap`` read
    by the audit log and the drift monitor; ``inprocess_*_overhead_ratio``); ``hook``: the tap
-   alone with a reader that only advances (the floor of a tap-based design).  One instance, not
+   alone with a reader that only advances (the floor of a tap-based design); ``ring``: the
+   ring's compiled hook alone, its reader only advancing (the floor of the side process).
+   The ``side`` series' child is *paced* (``--side-child paced``, the default): it runs only
+   during that series' blocks (SIGSTOP at a block's end, SIGCONT at the next one's start) and
+   takes the records by count — what ``sidechild.BATCH_S`` (200 ms) holds at ``--rate`` —
+   instead of by time, so its polls and batches land among its own series' decisions at the
+   density a server at that rate would see.  A free child (``--side-child free``) runs on its
+   200 ms timer all along: most of its batches then fall into other series' blocks, which pay
+   for them (a flattering figure).  ``--series`` runs a subset (with ``off``).  One instance, not
    copies: copies differ in memory layout, which moves a cold call's p50 by a few µs between
    them.  Each series runs
    ``engine.predict(symbol, quote, priority="critical")`` at a fixed rate (``--rate``), in
@@ -54,6 +62,7 @@ lines; they never change the exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -62,6 +71,7 @@ import platform
 import pstats
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -129,7 +139,7 @@ def service_copies(workdir: Path) -> tuple[Path, Path]:
 # -- 1. in process -----------------------------------------------------------------------------------
 #: The in-process series: ``off`` and ``on`` (the figures of the targets), then each side path alone.
 #: ``off2`` is a second ``off`` (an A/A control): its ratio to ``off`` is the method's noise floor.
-SERIES = ("off", "on", "off2", "side", "hook", "metrics", "audit", "drift", "dashboard")
+SERIES = ("off", "on", "off2", "side", "hook", "ring", "metrics", "audit", "drift", "dashboard")
 
 
 class SeriesClock:
@@ -237,12 +247,14 @@ def run_block(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np
     The series' timers stand still between its blocks (``SeriesClock``)."""
     if side.config is not None:
         side.config.activate(side.svc)
+        side.config.resume()
         side.shift(side.config.clock.resume())
     try:
         return _requests(side, calls, offsets, lat, svc_ns, pos, stages)
     finally:
         if side.config is not None:
             side.config.clock.pause()
+            side.config.pause()
 
 
 def _requests(side: Side, calls: list[tuple[str, dict[str, float]]], offsets: np.ndarray,
@@ -287,12 +299,13 @@ def pcts(ns: np.ndarray) -> dict[str, float]:
 
 class Config:
     """One series' side paths on the shared service: its engine hooks, side tasks, decision tap
-    and latency recorder, installed by ``activate`` at the start of each of its blocks."""
+    and latency recorder, installed by ``activate`` at the start of each of its blocks; with a
+    side process, its child runs only while the series does (``resume``/``pause``)."""
 
     def __init__(self, hooks: list[Any], tasks: dict[str, Any], tap: Any, latency: Any,
-                 clock: SeriesClock, ring: Any = None) -> None:
+                 clock: SeriesClock, ring: Any = None, paced: bool = False) -> None:
         self.hooks, self.tasks, self.tap, self.latency = hooks, tasks, tap, latency
-        self.clock, self.ring = clock, ring
+        self.clock, self.ring, self.paced = clock, ring, paced
 
     def activate(self, svc: Any) -> None:
         svc.engine.set_hooks(self.hooks)
@@ -300,9 +313,24 @@ class Config:
         svc._tap, svc._ring = self.tap, self.ring
         svc.latency = self.latency
 
+    def _signal_child(self, sig: int) -> None:
+        side = self.tasks.get("side")
+        if self.paced and side is not None and side.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(side.pid, sig)
 
-def build_configs(names: list[str], drift: Path, workdir: Path,
-                  side_transport: str = "auto") -> tuple[Any, dict[str, Config]]:
+    def resume(self) -> None:
+        """The series' block starts: its side child runs again where it stopped."""
+        self._signal_child(signal.SIGCONT)
+
+    def pause(self) -> None:
+        """The series' block ends: its side child stops (SIGSTOP) until the next one, so its
+        work lands among its own series' decisions, as it would in a server."""
+        self._signal_child(signal.SIGSTOP)
+
+
+def build_configs(names: list[str], drift: Path, workdir: Path, side_transport: str = "auto",
+                  rate: float = 2000.0, paced: bool = True) -> tuple[Any, dict[str, Config]]:
     """One service (the copy with ``[drift]``) and each series' side paths on it: ``off`` has
     none; ``on`` one decision tap (its only hook) read by the latency recorder, an ``AuditLog``
     and the ``DriftMonitor``, and a ``DashboardSampler``; the others one of those alone.  One instance
@@ -341,7 +369,14 @@ def build_configs(names: list[str], drift: Path, workdir: Path,
             tasks["free"] = FreeReader(tap)
         hooks = [h for h in (latency if name == "metrics" else None, tap) if h is not None]
         ring = None
+        if name == "ring":  # the ring's hook alone, its reader only advancing: the side process's floor
+            from tailguard.observe.ring import DecisionRing
+
+            ring = DecisionRing(svc.engine)
+            ring.preload([r.label for r in svc.engine.rungs], list(svc.engine._priorities))
+            hooks, tasks["free"] = [ring], FreeRing(ring)
         if name == "side":  # as ``on``, the audit log and drift monitor in a side process
+            from tailguard.observe.sidechild import BATCH_S
             from tailguard.observe.sideproc import AuditConfig, RemoteDrift, SideProcess
 
             # As ``tailguard serve --side-process`` wires it: the service's latency recorder a hook
@@ -351,12 +386,19 @@ def build_configs(names: list[str], drift: Path, workdir: Path,
             svc._tap, svc._ring, svc.latency, with_latency = None, None, rec, True
             svc.engine.set_hooks([rec])
             new_key(workdir / "side.key")
+            # ``paced``: its child takes the records in batches of what ``BATCH_S`` holds at ``rate``
+            # (as in a server at that rate), by count rather than by time, and runs only during
+            # this series' blocks (``Config.pause``), so its work lands among its own decisions.
+            pace = {"batch_interval_s": 3600.0, "batch_records": max(1, round(rate * BATCH_S))}
+            if not paced:
+                pace = {}
             sp = SideProcess(svc, audit=AuditConfig(str(workdir / "audit-side"), str(workdir / "side.key")),
-                             drift=True, transport=side_transport).start()
+                             drift=True, transport=side_transport, **pace).start()
             hooks, tap, ring = list(svc.engine.hooks), svc.tap, svc.ring
             tasks = {"side": sp, "drift": RemoteDrift(sp),
                      "dashboard": DashboardSampler(svc, interval_s=1.0, capacity=300, clock=clock)}
-        configs[name] = Config(hooks, tasks, tap, rec if with_latency else None, clock, ring)
+        configs[name] = Config(hooks, tasks, tap, rec if with_latency else None, clock, ring,
+                               paced=name == "side" and paced)
     return svc, configs
 
 
@@ -376,6 +418,26 @@ class FreeReader:
 
     def close(self) -> None:
         self.reader.tap.remove(self.reader)
+
+
+class FreeRing:
+    """As ``FreeReader`` for a ``DecisionRing``: moves its ``consumed`` to its head, no more."""
+
+    def __init__(self, ring: Any) -> None:
+        from tailguard.observe.ring import RingReader
+
+        self.ring, self.reader = ring, RingReader(ring.fd)
+
+    def drain(self, budget_ns: int | None = None) -> int:
+        head = self.reader.head()
+        n = head - self.reader.consumed()
+        if n:
+            self.reader.advance(head)
+        return n
+
+    def close(self) -> None:
+        self.reader.close()
+        self.ring.close()
 
 
 def task_stats(tasks: dict[str, Any]) -> dict[str, Any]:
@@ -403,7 +465,10 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     from tailguard.serve.app import SidePathGC
 
     names = list(SERIES if not args.no_breakdown else SERIES[:4])
-    svc, configs = build_configs(names, drift, workdir, args.side_transport)
+    if args.series:  # a subset (always with ``off``, the baseline of every ratio)
+        names = ["off", *(n for n in args.series.split(",") if n != "off")]
+    svc, configs = build_configs(names, drift, workdir, args.side_transport, args.rate,
+                                 args.side_child == "paced")
     # One rendering now, as the server renders /metrics once before it serves: the first scrape
     # would otherwise pay prometheus_client's import (20-40 ms) inside whichever series is first.
     render(svc)
@@ -458,7 +523,8 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
         "slice_us": {k: pcts(s.slice_ns[: min(s.slices, len(s.slice_ns))])
                      for k, s in sides.items() if s.slices},
         "side_slice_us": args.side_slice_us,
-        "side_transport": configs["side"].tasks["side"].transport,
+        "side_transport": configs["side"].tasks["side"].transport if "side" in configs else None,
+        "side_child": args.side_child,
         "not_primary_or_flagged": odd,
         "side_ticks": {k: s.ticks for k, s in sides.items()},
         "scrapes": sum(s.scrapes for s in sides.values()),
@@ -469,6 +535,7 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     }
     for c in configs.values():
         c.activate(svc)
+        c.resume()
         svc.run_side_path()
         svc.close()
     return out
@@ -600,9 +667,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
+class _Missing(dict):  # type: ignore[type-arg]
+    """The figures of a series not run (``--series``): every percentile None."""
+
+    def __getitem__(self, key: str) -> None:
+        return None
+
+
 def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     ip, ar = res["inprocess"], res["audit"]
-    lat, svc = ip["latency_us"], ip["service_us"]
+    lat = {k: ip["latency_us"].get(k, _Missing()) for k in SERIES}
+    svc = {k: ip["service_us"].get(k, _Missing()) for k in SERIES}
     out: dict[str, Any] = {
         # The targets' figures: every side path on as ``tailguard serve`` runs them by default where
         # a core is to spare (audit log, drift and latency folds in a side process fed by the ring;
@@ -623,9 +698,13 @@ def summarize(res: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "aa_p99_ratio": _ratio(lat["off2"]["p99"], lat["off"]["p99"]),
     }
     out["side_transport"] = ip["side_transport"]
-    if "hook" in lat:  # the reply-path hook alone, its side work free: the floor of any tap-based design
+    out["side_child"] = ip["side_child"]
+    if "hook" in ip["series"]:  # the tap's hook alone, its side work free: the floor of a tap-based design
         out["hook_p50_overhead_ratio"] = _ratio(lat["hook"]["p50"], lat["off"]["p50"])
         out["hook_p99_overhead_ratio"] = _ratio(lat["hook"]["p99"], lat["off"]["p99"])
+    if "ring" in ip["series"]:  # the ring's hook alone, its side work free: the side process's floor
+        out["ring_p50_overhead_ratio"] = _ratio(lat["ring"]["p50"], lat["off"]["p50"])
+        out["ring_p99_overhead_ratio"] = _ratio(lat["ring"]["p99"], lat["off"]["p99"])
     out["stage_p50_us"] = ip["stage_p50_us"]
     for name in ip["series"]:
         for q in ("p50", "p99", "p999", "max"):
@@ -680,18 +759,21 @@ def report(s: dict[str, Any], res: dict[str, Any], stream: Any) -> None:
     p(f"  A/A control (off2/off, both with every side path off): p50 {s['aa_p50_ratio']}, "
       f"p99 {s['aa_p99_ratio']}")
     p(f"  side/off (the targets: audit, drift, latency folds in a side process fed by the ring, "
-      f"{s['side_transport']}): p50 {s['p50_overhead_ratio']}, p99 {s['p99_overhead_ratio']}, "
-      f"p99.9 {s['p999_overhead_ratio']}")
+      f"{s['side_transport']}, child {s['side_child']}): p50 {s['p50_overhead_ratio']}, "
+      f"p99 {s['p99_overhead_ratio']}, p99.9 {s['p999_overhead_ratio']}")
     p(f"  on/off (everything in process): p50 {s['inprocess_p50_overhead_ratio']}, "
       f"p99 {s['inprocess_p99_overhead_ratio']}, p99.9 {s['inprocess_p999_overhead_ratio']}; the call alone: "
       f"p50 {s['service_p50_overhead_ratio']}, p99 {s['service_p99_overhead_ratio']}")
     if "hook_p50_overhead_ratio" in s:
         p(f"  hook/off (the reply-path tap, its reader only advancing): p50 {s['hook_p50_overhead_ratio']}, "
           f"p99 {s['hook_p99_overhead_ratio']}")
+    if "ring_p50_overhead_ratio" in s:
+        p(f"  ring/off (the side process's ring hook, its reader only advancing): p50 "
+          f"{s['ring_p50_overhead_ratio']}, p99 {s['ring_p99_overhead_ratio']}")
     p("  engine stage medians (us): " + "; ".join(
         f"{n} " + "/".join(f"{x:.2f}" for x in v) for n, v in s["stage_p50_us"].items())
       + "  (ingest/features/inference/delivery/total)")
-    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on", "off2", "side")]
+    alone = [n for n in res["inprocess"]["series"] if n not in ("off", "on", "off2", "side", "hook", "ring")]
     if alone:
         p("  each alone: " + ", ".join(f"{n} +{s[f'{n}_service_p50_added_us']} us call p50, "
                                        f"p99 x{s[f'{n}_p99_ratio']}" for n in alone))
@@ -757,6 +839,8 @@ def main() -> None:
                          "over seconds, which longer blocks turn into differences between series)")
     ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 200, quick 40)")
     ap.add_argument("--no-breakdown", action="store_true", help="in process: only off and on, not each alone")
+    ap.add_argument("--series", default="",
+                    help="in process: only these series, comma-separated (with off always), e.g. off2,side")
     ap.add_argument("--side-slice-us", type=float, default=100.0,
                     help="in process: side-path slice budget after replies, as the server runs it "
                          "(0: timer only)")
@@ -766,6 +850,11 @@ def main() -> None:
     ap.add_argument("--scrape-s", type=float, default=15.0, help="Prometheus render interval (0: none)")
     ap.add_argument("--side-transport", choices=("auto", "ring", "pipe"), default="auto",
                     help="how the side series' decisions reach its side process (SideProcess transport)")
+    ap.add_argument("--side-child", choices=("paced", "free"), default="paced",
+                    help="the side series' child: 'paced' runs only during that series' blocks and takes "
+                         "the records by count (what BATCH_S holds at --rate), so its work lands among its "
+                         "own decisions; 'free' runs all along on its 200 ms timer (its batches then fall "
+                         "mostly in other series' blocks: flattering)")
     ap.add_argument("--records", type=int, default=0, help="audit records to write and replay (default 1M)")
     ap.add_argument("--profile", action="store_true", help="profile replay, print its top functions")
     ap.add_argument("--no-server", action="store_true", help="skip the through-the-server pair")

@@ -132,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
         audit_nats_stream=args.audit_nats_stream,
         side_process=args.side_process,
         side_transport=args.side_transport,
+        side_idle=args.side_idle,
         otlp_endpoint=args.otlp_endpoint,
         trace_sample=0.01 if args.trace_sample is None else args.trace_sample,
         log_json=args.log_json,
@@ -275,6 +276,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--side-transport", choices=("auto", "ring", "pipe"), default="auto",
                    help="how decisions reach the side process: ring (shared memory, written by a "
                         "compiled hook), pipe (msgpack frames), auto (ring when a C compiler is there)")
+    s.add_argument("--side-idle", action=argparse.BooleanOptionalAction, default=True,
+                   help="with the ring, run the side process under SCHED_IDLE while it keeps up (a worker "
+                        "woken by a request takes its CPU back at once; past half a ring of backlog it "
+                        "runs at normal priority, nice +5, until it catches up); "
+                        "--no-side-idle: nice +5 only")
     s.add_argument("--otlp-endpoint", metavar="URL",
                    help="trace sampled requests: OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)")
     s.add_argument("--trace-sample", metavar="RATIO", type=_ratio,

@@ -29,6 +29,7 @@ from tailguard.audit.verify import read_entries, verify
 from tailguard.cli import main
 from tailguard.decision import BatchDecision, Decision
 from tailguard.observe.latency import LatencyRecorder
+from tailguard.observe.sidechild import Priority
 from tailguard.observe.sideproc import AuditConfig, RemoteDrift, SideProcess, SideProcessError
 from tailguard.observe.sidewire import (
     DECISIONS,
@@ -285,6 +286,24 @@ def test_the_child_takes_the_ring_in_batches_and_sooner_when_it_fills(
 
 
 @ring_only
+def test_batch_records_sets_how_many_records_make_a_batch(service: Service, audit_cfg: AuditConfig) -> None:
+    with pytest.raises(ValueError, match="batch_records"):
+        SideProcess(service, audit=audit_cfg, ring_capacity=64, batch_records=65)
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, ring_capacity=64,
+                            batch_interval_s=3600.0, batch_records=5)
+    try:
+        for i in range(4):
+            service.engine.predict(f"c{i}", CTX)
+        seen = sp.statuses
+        until(lambda: sp.statuses >= seen + 5, service.run_side_path)
+        assert sp.latest["received"] == 0  # four wait for the fifth
+        service.engine.predict("c4", CTX)
+        until(lambda: sp.latest.get("audit", {}).get("written") == 5, service.run_side_path)
+    finally:
+        service.close()
+
+
+@ring_only
 def test_an_fsync_per_record_takes_every_record_at_once(service: Service, tmp_path: Path) -> None:
     key = tmp_path / "k"
     new_key(key)
@@ -293,6 +312,80 @@ def test_an_fsync_per_record_takes_every_record_at_once(service: Service, tmp_pa
     try:
         service.engine.predict("one", CTX)
         until(lambda: sp.latest.get("audit", {}).get("written") == 1, service.run_side_path)
+    finally:
+        service.close()
+
+
+def test_priority_is_idle_escalates_past_half_a_ring_and_returns_when_caught_up() -> None:
+    calls: list[bool] = []
+
+    def setter(idle: bool) -> str | None:
+        calls.append(idle)
+        return None
+
+    p = Priority(True, 64, setter)
+    assert p.idle and calls == [True]
+    p.update(31)  # under half a ring: stays idle
+    assert p.idle and calls == [True]
+    p.update(32)
+    assert not p.idle and calls == [True, False] and p.escalations == 1
+    p.update(9)  # still more than an eighth waiting: stays escalated
+    assert not p.idle and len(calls) == 2
+    p.update(8)
+    assert p.idle and calls == [True, False, True]
+
+
+def test_priority_stays_put_when_the_system_refuses_or_it_is_not_wanted() -> None:
+    answers = iter([None, "PermissionError: not allowed"])
+    calls: list[bool] = []
+
+    def setter(idle: bool) -> str | None:
+        calls.append(idle)
+        return next(answers)
+
+    p = Priority(True, 64, setter)
+    p.update(64)  # escalation refused: stays idle, stops asking, says why
+    assert p.idle and p.escalations == 0 and p.error == "PermissionError: not allowed"
+    p.update(64)
+    assert calls == [True, False]
+    off = Priority(False, 64, setter)
+    off.update(64)
+    assert not off.idle and calls == [True, False]
+
+
+def _policy(pid: int) -> int:
+    return os.sched_getscheduler(pid)
+
+
+@ring_only
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE here")
+def test_the_ring_child_runs_idle_and_escalates_while_half_the_ring_waits(
+        service: Service, audit_cfg: AuditConfig) -> None:
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, ring_capacity=64,
+                            batch_interval_s=3600.0, batch_records=64)  # taken only when full
+    try:
+        assert sp.pid is not None and _policy(sp.pid) == os.SCHED_IDLE
+        for i in range(40):  # over half the ring waits: normal policy until it is taken
+            service.engine.predict(f"e{i}", CTX)
+        until(lambda: sp.statistics()["escalations"] == 1, service.run_side_path)
+        assert _policy(sp.pid) == os.SCHED_OTHER and sp.statistics()["idle"] is False
+        for i in range(40, 64):  # a full ring: taken, then idle again
+            service.engine.predict(f"e{i}", CTX)
+        until(lambda: sp.latest.get("audit", {}).get("written") == 64 and sp.statistics()["idle"],
+              service.run_side_path)
+        assert _policy(sp.pid) == os.SCHED_IDLE and sp.statistics()["escalations"] == 1
+    finally:
+        service.close()
+
+
+@ring_only
+def test_a_ring_child_without_idle_priority_runs_under_the_normal_policy(
+        service: Service, audit_cfg: AuditConfig) -> None:
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, idle=False)
+    try:
+        assert sp.pid is not None and _policy(sp.pid) == os.SCHED_OTHER
+        until(lambda: "idle" in sp.latest, service.run_side_path)
+        assert sp.statistics()["idle"] is False and os.getpriority(os.PRIO_PROCESS, sp.pid) >= 5
     finally:
         service.close()
 
@@ -361,6 +454,7 @@ def test_a_served_app_logs_through_its_side_process(toy_copy: Path, tmp_path: Pa
     try:
         app = server.app
         assert app.side_process is not None and app.audit is None and app.side_process.ready
+        assert app.side_process.idle  # ServeConfig.side_idle's default
         for k in keys:
             conn = server.client()
             body = {"inputs": [{"name": "item", "shape": [1], "datatype": "BYTES", "data": [k]},

@@ -40,7 +40,7 @@ import select
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -63,7 +63,7 @@ from tailguard.observe.sidewire import (
 )
 from tailguard.observe.tap import DECISION, ROWS, decided_ns
 
-__all__ = ["BATCH_S", "POLL_S", "main"]
+__all__ = ["BATCH_S", "POLL_S", "Priority", "main"]
 
 #: Between two reads of the pipe and the ring.  Not 2 ms: the child's work runs on the other
 #: core, and on a 2-vCPU VM whose vCPUs share a physical core, every wake-up there slows the
@@ -81,6 +81,54 @@ POLL_S = 0.02
 #: per record.
 BATCH_S = 0.2
 FULL_STATUS_NS = 1_000_000_000  # drift scores and statistics go back at most once a second
+
+
+def set_idle_policy(idle: bool) -> str | None:
+    """This process under ``SCHED_IDLE`` (``idle``) or back under the normal policy at its
+    nice value; the error if the system refused (or has no such policies), else None."""
+    try:
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except (AttributeError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class Priority:
+    """The child's claim on the CPUs, with the ring transport.  ``SCHED_IDLE`` (Linux) while it
+    keeps up: it runs only on a CPU nothing else wants, and a serving process woken by a
+    request takes that CPU back at once, where a niced normal task may keep it to the end of
+    its scheduler slice (through the server on the 2-vCPU VM, p99 on/off 4.47 niced against
+    1.12 idle: docs/benchmarks.md).  Once ``high`` records wait (half the ring) it goes back to
+    the normal policy at its nice value, so a machine busy with other work cannot starve the
+    audit log into drops, and to idle again when no more than ``low`` wait.  ``setter`` is
+    ``set_idle_policy`` (injected by tests)."""
+
+    def __init__(self, wanted: bool, capacity: int,
+                 setter: Callable[[bool], str | None] = set_idle_policy) -> None:
+        self.setter = setter
+        self.high, self.low = max(1, capacity // 2), capacity // 8
+        self.escalations = 0
+        self.error: str | None = None
+        self.wanted = wanted
+        self.idle = wanted and self._set(True)
+
+    def _set(self, idle: bool) -> bool:
+        self.error = self.setter(idle)
+        if self.error is not None:
+            self.wanted = False  # refused (no SCHED_IDLE, or not allowed back): stay as we are
+        return self.error is None
+
+    def update(self, backlog: int) -> None:
+        """Follow the ring's ``backlog`` (records waiting): escalate or go back to idle."""
+        if not self.wanted:
+            return
+        if self.idle and backlog >= self.high:
+            if self._set(False):
+                self.idle = False
+                self.escalations += 1
+        elif not self.idle and backlog <= self.low and self._set(True):
+            self.idle = True
 
 
 class _Child:
@@ -126,6 +174,12 @@ class _Child:
         if self.audit is not None and self.audit.fsync_interval_ns == 0:
             batch = 0.0  # an fsync per record was asked for: every record as soon as it is seen
         self.batch_ns = round(batch * 1e9)
+        self.batch_records = config.get("batch_records") or (
+            self.ring.reader.capacity // 4 if self.ring is not None else 0)
+        # Idle priority needs the ring: its backlog says when to escalate (through the pipe the
+        # serving tap holds the backlog, unseen here).
+        self.priority = Priority(bool(config.get("idle")) and self.ring is not None,
+                                 self.ring.reader.capacity if self.ring is not None else 0)
         self.received = self.duplicates = 0
         # After a restart the serving process sends again everything not acknowledged; what the
         # dead child had already handed to the OS is in the log: skip it (same decision time on
@@ -141,7 +195,10 @@ class _Child:
     def status(self, *, full: bool = True) -> dict[str, Any]:
         """The counters and ``ack``; with ``full``, the drift scores and statistics too (the
         serving side decodes what it is sent: the large part goes once a second)."""
-        msg: dict[str, Any] = {"received": self.received, "duplicates": self.duplicates}
+        msg: dict[str, Any] = {"received": self.received, "duplicates": self.duplicates,
+                               "idle": self.priority.idle, "escalations": self.priority.escalations}
+        if self.priority.error is not None:
+            msg["priority_error"] = self.priority.error
         if self.ring is not None:
             msg["ack"] = self.ring.reader.consumed()
             lat = self.ring.latency_report()
@@ -253,11 +310,15 @@ class _Child:
                     break
             now = clock()
             ring = self.ring
-            # With the ring, the work comes in batches every ``batch_ns`` (sooner when the ring
-            # is a quarter full, or at the end): each batch's work on the other core evicts what
-            # the serving core's next decisions need (see ``POLL_S``), so fewer, larger ones.
+            backlog = 0
+            if ring is not None:
+                backlog = ring.backlog()
+                self.priority.update(backlog)
+            # With the ring, the work comes in batches every ``batch_ns`` (sooner when
+            # ``batch_records`` wait, or at the end): each batch's work on the other core evicts
+            # what the serving core's next decisions need (see ``POLL_S``), so fewer, larger ones.
             if ring is None or inbox.eof or now - last_batch >= self.batch_ns \
-                    or ring.backlog() >= ring.reader.capacity // 4:
+                    or backlog >= self.batch_records:
                 if ring is not None:
                     self.pull(final=inbox.eof)
                 self.svc.run_side_path()

@@ -26,6 +26,10 @@ verifies its directory, cuts a torn last entry and continues the chain.  While n
 runs, decisions wait in the tap; when the tap is full they are counted as dropped and the
 next frame carries the count, so the chain records the gap (``Dropped``) as in process.
 
+The child runs at nice +5 and, with the ring, under ``SCHED_IDLE`` while it keeps up
+(``idle``; ``sidechild.Priority``): a serving process woken by a request takes its CPU back
+at once.  Past half a ring of backlog it returns to the normal policy until it has caught up.
+
 The serving side never blocks on the child: frames that do not fit the pipe wait in an
 ``Outbox`` and entries behind them stay in the tap.  ``close`` (or ``Service.close``) sends
 the rest, closes the pipe and waits for the child to close the log with its checkpoint.
@@ -122,7 +126,8 @@ class SideProcess:
     def __init__(self, service: Service, *, audit: AuditConfig | None = None, drift: bool = False,
                  status_interval_s: float | None = None, start_timeout_s: float = 60.0, nice: int = 5,
                  restart_backoff_s: float = 0.1, max_backoff_s: float = 5.0, transport: str = "auto",
-                 ring_capacity: int = 1 << 14, batch_interval_s: float | None = None) -> None:
+                 ring_capacity: int = 1 << 14, batch_interval_s: float | None = None,
+                 batch_records: int | None = None, idle: bool = True) -> None:
         if audit is None and not drift:
             raise ValueError("a side process needs an audit log or drift (or both)")
         if transport not in TRANSPORTS:
@@ -130,8 +135,15 @@ class SideProcess:
         self.service = service
         self.audit, self.drift = audit, drift
         self.start_timeout_s, self.nice = start_timeout_s, nice
+        #: With the ring: the child under ``SCHED_IDLE`` while it keeps up (``sidechild.Priority``).
+        self.idle = idle
         #: With the ring: how often the child takes the records (``sidechild.BATCH_S`` if None).
         self.batch_interval_s = batch_interval_s
+        #: With the ring: take them sooner once this many wait (a quarter of the ring if None).
+        self.batch_records = batch_records
+        if batch_records is not None and not 0 < batch_records <= ring_capacity:
+            raise ValueError(f"batch_records must be in 1..ring_capacity ({ring_capacity}), "
+                             f"not {batch_records}")
         self.backoff_s, self.max_backoff_s = restart_backoff_s, max_backoff_s
         self._backoff = restart_backoff_s
         if transport == "auto":
@@ -229,6 +241,9 @@ class SideProcess:
             fds.append(self._ring.fd)
             if self.batch_interval_s is not None:
                 config["batch_interval_s"] = self.batch_interval_s
+            if self.batch_records is not None:
+                config["batch_records"] = self.batch_records
+            config["idle"] = self.idle
             if self._latency is not None:
                 # Timings a dead child folded but never reported are gone with it when the ring
                 # let them go (below ``consumed``): counted as dropped, the rest folded anew.
@@ -459,13 +474,19 @@ class SideProcess:
         self._forget()
 
     # -- what the dashboard and the metrics read -------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        """The current (or last) child's process id; None before the first start."""
+        return None if self._proc is None else self._proc.pid
+
     def statistics(self) -> dict[str, Any]:
         """Counters of the export and the child's last status."""
         out = {"running": self._proc is not None and self._proc.poll() is None, "ready": self.ready,
                "starts": self.starts, "restarts": self.restarts, "failed_starts": self.failed_starts,
-               "frames": self.frames, "transport": self.transport,
-               "pid": None if self._proc is None else self._proc.pid,
-               "last_error": self.last_error, "audit": self.latest.get("audit", {})}
+               "frames": self.frames, "transport": self.transport, "pid": self.pid,
+               "last_error": self.last_error, "audit": self.latest.get("audit", {}),
+               "idle": self.latest.get("idle"), "escalations": self.latest.get("escalations", 0),
+               "priority_error": self.latest.get("priority_error")}
         ring = self._ring
         if ring is not None:
             head, done, dropped = self._ring_now()

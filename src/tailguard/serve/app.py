@@ -110,6 +110,9 @@ class ServeConfig:
     side_process: bool | None = None
     #: How decisions reach it (``SideProcess`` transports: ``auto``, ``ring``, ``pipe``).
     side_transport: str = "auto"
+    #: With the ring: the side child under ``SCHED_IDLE`` while it keeps up, so a worker woken
+    #: by a request takes its CPU back at once (``SideProcess(idle=...)``); False: nice +5 only.
+    side_idle: bool = True
     #: Micro-batches smaller than this run as one engine call per request (a batch call has
     #: a fixed cost: about 50 µs against 10 µs per single call for the trading example).
     min_batch_call: int = 6
@@ -344,7 +347,7 @@ class App:
                                 nats_stream=config.audit_nats_stream,
                                 options={"fsync_interval_s": config.audit_fsync_s})
         self.side_process = SideProcess.attach(service, audit=audit, drift=service.spec.drift.enabled,
-                                               transport=config.side_transport)
+                                               transport=config.side_transport, idle=config.side_idle)
         self.drift = next((t for t in service.side_tasks if isinstance(t, RemoteDrift)), None)
 
     def trace(self, exporter: Any) -> Tracer:
