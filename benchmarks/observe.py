@@ -28,7 +28,7 @@ when the example's own are missing or stale):
    copies: copies differ in memory layout, which moves a cold call's p50 by a few µs between
    them.  Each series runs
    ``engine.predict(symbol, quote, priority="critical")`` at a fixed rate (``--rate``), in
-   short interleaved blocks (``--block-s`` 0.1 s, 200 rounds, order rotated per round: this
+   short interleaved blocks (``--block-s`` 0.1 s, 400 rounds, order rotated per round: this
    VM's speed drifts over seconds); ``off2``, a second all-off series, is the A/A control
    (``aa_p50_ratio``, ``aa_p99_ratio``: how far the method alone moves a ratio).  Each series'
    time-based side work (timer, scrapes, dashboard interval, drift windows) runs on its own
@@ -38,9 +38,10 @@ when the example's own are missing or stale):
    ran in the last 50 ms, always with the server's side-path GC (``SidePathGC``); a request
    due during a slice or a tick waits for it (that wait is part of the cost).  Latency runs
    from each request's intended time to its answer; ``call`` is the predict call alone; each
-   side-path tick and slice is timed too.  Four more series, each with
-   one side path alone (``metrics``, ``audit``, ``drift``, ``dashboard``), say where the cost
-   comes from (``--no-breakdown`` skips them).
+   side-path tick and slice is timed too.  With ``--breakdown``, ``hook`` and four more
+   series, each with one side path alone (``metrics``, ``audit``, ``drift``, ``dashboard``),
+   say where the cost comes from (not by default: fewer series get more rounds in the same
+   time, and a steadier p99).
 2. Through the server (``tailguard serve``, 1 worker, binary protocol), when not skipped:
    the same pair as two servers — ``off``: drift off, ``--dashboard-interval 0``,
    ``--no-latency-recording``; ``on``: drift on, ``--audit-dir`` with the default fsync, the
@@ -139,7 +140,10 @@ def service_copies(workdir: Path) -> tuple[Path, Path]:
 # -- 1. in process -----------------------------------------------------------------------------------
 #: The in-process series: ``off`` and ``on`` (the figures of the targets), then each side path alone.
 #: ``off2`` is a second ``off`` (an A/A control): its ratio to ``off`` is the method's noise floor.
-SERIES = ("off", "on", "off2", "side", "hook", "ring", "metrics", "audit", "drift", "dashboard")
+SERIES = ("off", "on", "off2", "side", "ring", "hook", "metrics", "audit", "drift", "dashboard")
+#: Run by default: the targets' pair, the A/A control, in process and the ring's floor (the rest
+#: with ``--breakdown``: fewer series, more rounds of them in the same time, a steadier p99).
+DEFAULT_SERIES = SERIES[:5]
 
 
 class SeriesClock:
@@ -389,11 +393,12 @@ def build_configs(names: list[str], drift: Path, workdir: Path, side_transport: 
             # ``paced``: its child takes the records in batches of what ``BATCH_S`` holds at ``rate``
             # (as in a server at that rate), by count rather than by time, and runs only during
             # this series' blocks (``Config.pause``), so its work lands among its own decisions.
+            # Its status is read on the series' clock: as often per decision as in a server.
             pace = {"batch_interval_s": 3600.0, "batch_records": max(1, round(rate * BATCH_S))}
             if not paced:
                 pace = {}
             sp = SideProcess(svc, audit=AuditConfig(str(workdir / "audit-side"), str(workdir / "side.key")),
-                             drift=True, transport=side_transport, **pace).start()
+                             drift=True, transport=side_transport, clock=clock.now_ns, **pace).start()
             hooks, tap, ring = list(svc.engine.hooks), svc.tap, svc.ring
             tasks = {"side": sp, "drift": RemoteDrift(sp),
                      "dashboard": DashboardSampler(svc, interval_s=1.0, capacity=300, clock=clock)}
@@ -464,7 +469,7 @@ def inprocess(args: argparse.Namespace, plain: Path, drift: Path, workdir: Path)
     from tailguard.observe.prometheus import render
     from tailguard.serve.app import SidePathGC
 
-    names = list(SERIES if not args.no_breakdown else SERIES[:4])
+    names = list(SERIES if args.breakdown else DEFAULT_SERIES)
     if args.series:  # a subset (always with ``off``, the baseline of every ratio)
         names = ["off", *(n for n in args.series.split(",") if n != "off")]
     svc, configs = build_configs(names, drift, workdir, args.side_transport, args.rate,
@@ -837,8 +842,10 @@ def main() -> None:
     ap.add_argument("--block-s", type=float, default=0.1,
                     help="seconds per in-process block (short blocks, many rounds: this VM's speed drifts "
                          "over seconds, which longer blocks turn into differences between series)")
-    ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 200, quick 40)")
-    ap.add_argument("--no-breakdown", action="store_true", help="in process: only off and on, not each alone")
+    ap.add_argument("--rounds", type=int, default=0, help="in-process rounds (default 400, quick 80)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="in process: also hook (the tap) and each side path alone (metrics, audit, drift, "
+                         "dashboard)")
     ap.add_argument("--series", default="",
                     help="in process: only these series, comma-separated (with off always), e.g. off2,side")
     ap.add_argument("--side-slice-us", type=float, default=100.0,
@@ -865,7 +872,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="tables to stderr, one JSON object on stdout")
     args = ap.parse_args()
-    args.rounds = args.rounds or (40 if args.quick else 200)
+    args.rounds = args.rounds or (80 if args.quick else 400)
     args.records = args.records or (100_000 if args.quick else 1_000_000)
     args.server_rounds = args.server_rounds or (4 if args.quick else 10)
     res = measure(args)

@@ -303,6 +303,27 @@ def test_batch_records_sets_how_many_records_make_a_batch(service: Service, audi
         service.close()
 
 
+def test_statuses_are_read_on_the_injected_clock(service: Service, audit_cfg: AuditConfig,
+                                                 transport: str) -> None:
+    import select
+
+    now = [10**9]
+    sp = SideProcess.attach(service, audit=audit_cfg, status_interval_s=0.01, transport=transport,
+                            clock=lambda: now[0])
+    try:
+        sp.drain()  # due: reads what came
+        seen = sp.statuses
+        assert sp._in is not None
+        assert select.select([sp._in.fd], [], [], 30.0)[0]  # the child has reported again...
+        sp.drain()
+        assert sp.statuses == seen  # ...but the clock stood still: not read
+        now[0] += 10_000_000
+        sp.drain()
+        assert sp.statuses > seen
+    finally:
+        service.close()
+
+
 @ring_only
 def test_an_fsync_per_record_takes_every_record_at_once(service: Service, tmp_path: Path) -> None:
     key = tmp_path / "k"

@@ -54,6 +54,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,8 @@ class SideProcess:
                  status_interval_s: float | None = None, start_timeout_s: float = 60.0, nice: int = 5,
                  restart_backoff_s: float = 0.1, max_backoff_s: float = 5.0, transport: str = "auto",
                  ring_capacity: int = 1 << 14, batch_interval_s: float | None = None,
-                 batch_records: int | None = None, idle: bool = True) -> None:
+                 batch_records: int | None = None, idle: bool = True,
+                 clock: Callable[[], int] | None = None) -> None:
         if audit is None and not drift:
             raise ValueError("a side process needs an audit log or drift (or both)")
         if transport not in TRANSPORTS:
@@ -137,6 +139,8 @@ class SideProcess:
         self.start_timeout_s, self.nice = start_timeout_s, nice
         #: With the ring: the child under ``SCHED_IDLE`` while it keeps up (``sidechild.Priority``).
         self.idle = idle
+        #: ns; paces the status reads, liveness checks and restarts (a test or benchmark injects its own).
+        self.clock = clock or time.monotonic_ns
         #: With the ring: how often the child takes the records (``sidechild.BATCH_S`` if None).
         self.batch_interval_s = batch_interval_s
         #: With the ring: take them sooner once this many wait (a quarter of the ring if None).
@@ -288,7 +292,7 @@ class SideProcess:
 
     def _ensure_running(self) -> bool:
         proc = self._proc
-        now = time.monotonic_ns()
+        now = self.clock()
         if proc is not None and (now < self._check_at or proc.poll() is None):
             if now >= self._check_at:  # a waitpid costs a syscall: at most every CHECK_NS
                 self._check_at = now + self._check_ns
@@ -311,7 +315,7 @@ class SideProcess:
             return 0
         now = time.perf_counter_ns
         end = None if budget_ns is None else now() + budget_ns
-        t = now()
+        t = self.clock()
         if t >= self._status_at:  # the child reports every status_interval_s: no sooner (a read
             self._status_at = t + self._status_ns  # costs a syscall, tens of µs with cold caches)
             self._read_status()
