@@ -394,9 +394,8 @@ def build_configs(names: list[str], drift: Path, workdir: Path, side_transport: 
             # (as in a server at that rate), by count rather than by time, and runs only during
             # this series' blocks (``Config.pause``), so its work lands among its own decisions.
             # Its status is read on the series' clock: as often per decision as in a server.
-            pace = {"batch_interval_s": 3600.0, "batch_records": max(1, round(rate * BATCH_S))}
-            if not paced:
-                pace = {}
+            pace = ({"batch_interval_s": 3600.0, "batch_records": max(1, round(rate * BATCH_S))}
+                    if paced else {})
             sp = SideProcess(svc, audit=AuditConfig(str(workdir / "audit-side"), str(workdir / "side.key")),
                              drift=True, transport=side_transport, clock=clock.now_ns, **pace).start()
             hooks, tap, ring = list(svc.engine.hooks), svc.tap, svc.ring
