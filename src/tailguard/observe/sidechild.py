@@ -99,9 +99,10 @@ class Priority:
     keeps up: it runs only on a CPU nothing else wants, and a serving process woken by a
     request takes that CPU back at once, where a niced normal task may keep it to the end of
     its scheduler slice (through the server on the 2-vCPU VM, on/off p99 4.47 niced against
-    0.68-2.35 idle over nine runs: docs/benchmarks.md).  Once ``high`` records wait (half the ring) it goes back to
-    the normal policy at its nice value, so a machine busy with other work cannot starve the
-    audit log into drops, and to idle again when no more than ``low`` wait.  ``setter`` is
+    0.68-2.35 idle over nine runs: docs/benchmarks.md).  Once ``high`` records wait (half the
+    ring) it goes back to the normal policy at its nice value, so a machine busy with other
+    work cannot starve the audit log into drops, and to idle again when no more than ``low``
+    wait.  ``setter`` is
     ``set_idle_policy`` (injected by tests)."""
 
     def __init__(self, wanted: bool, capacity: int,
